@@ -1,0 +1,223 @@
+//! rmqtt 0.24 embedded in the pricefeed process.
+//!
+//! Sharp edges of rmqtt 0.24 this module works around (each has a regression test below):
+//!
+//! - Its default ACL allows everything, including publishes from any local process, so explicit
+//!   rules are always supplied and end in `deny all`.
+//! - `MqttServer::start()` calls `std::process::exit(1)` on error; `run()` inside our own task
+//!   does not.
+//! - `run()` never returns and has no shutdown handle; aborting it closes the listener but leaves
+//!   every connection task running. The broker therefore gets its own tokio runtime on its own
+//!   thread, and dropping that runtime is the shutdown: listener and connections close together.
+//! - Retained messages inherit the listener's message expiry (5 min) unless the retainer's TTL is
+//!   set to 0; a display that connects after a 6-minute source outage must still see a price.
+//! - The listener's `max_connections` only sizes the handshake queue; the real cap on clients is
+//!   `mqtt_max_sessions`.
+//! - A CPU "busy check" refuses CONNECTs when the machine is loaded; a price feed should serve its
+//!   subscribers precisely when it is busy, so it is off.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rmqtt::context::ServerContext;
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+
+use crate::{Credentials, TICKS_FILTER, publisher_topics};
+
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
+    #[error("cannot listen for MQTT on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("the embedded broker failed to start: {0}")]
+    Start(String),
+}
+
+/// Configuration of the embedded broker.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    /// Where MQTT clients connect; port 0 picks a free port (see [`BrokerHandle::local_addr`]).
+    pub listen: SocketAddr,
+    /// The only credential that may publish.
+    pub publisher: Credentials,
+    /// Most concurrent MQTT sessions (clients) the broker accepts; 0 means no limit.
+    pub max_sessions: usize,
+    /// Worker threads of the broker's runtime.
+    pub worker_threads: usize,
+}
+
+impl EmbeddedBroker {
+    /// A broker on `listen` with the given publisher credential and default limits.
+    pub fn new(listen: SocketAddr, publisher: Credentials) -> EmbeddedBroker {
+        EmbeddedBroker {
+            listen,
+            publisher,
+            max_sessions: 100_000,
+            worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+
+    /// The rmqtt-acl rules. The first matching rule wins.
+    pub fn acl_toml(&self) -> String {
+        let Credentials { username, password } = &self.publisher;
+        let publish: Vec<String> = publisher_topics()
+            .iter()
+            .map(|t| format!("{{ eq = \"{t}\" }}"))
+            .collect();
+        format!(
+            r#"
+# A client that publishes where it may not is disconnected, not just ignored: it is hostile or broken.
+disconnect_if_pub_rejected = true
+rules = [
+  ["allow", {{ user = "{username}", password = "{password}" }}, "connect"],
+  ["deny", "all", "connect"],
+  ["allow", {{ user = "{username}" }}, "publish", [{publish}]],
+  ["allow", "all", "subscribe", ["{TICKS_FILTER}", {{ eq = "{status}" }}]],
+  ["deny", "all"]
+]
+"#,
+            publish = publish.join(", "),
+            status = ticks::STATUS_TOPIC,
+        )
+    }
+
+    /// Starts the broker on its own thread and runtime; returns once the listener is bound.
+    pub fn start(self) -> Result<BrokerHandle, BrokerError> {
+        self.publisher.validate().map_err(BrokerError::Config)?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, BrokerError>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mqtt-broker".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(self.worker_threads.max(1))
+                    .thread_name("mqtt-broker-worker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(BrokerError::Start(e.to_string())));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let server = match self.build().await {
+                        Ok((server, addr)) => {
+                            let _ = ready_tx.send(Ok(addr));
+                            server
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        result = server.run() => {
+                            if let Err(e) = result {
+                                tracing::error!(error = %e, "embedded broker stopped");
+                            }
+                        }
+                        _ = stop_rx => {}
+                    }
+                });
+                // Dropping the runtime ends every broker task and closes every socket.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| BrokerError::Start(e.to_string()))?;
+        let local_addr = ready_rx
+            .recv()
+            .map_err(|_| BrokerError::Start("broker thread ended before listening".into()))??;
+        tracing::info!(addr = %local_addr, "embedded MQTT broker listening");
+        Ok(BrokerHandle {
+            local_addr,
+            stop_tx: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    async fn build(&self) -> Result<(MqttServer, SocketAddr), BrokerError> {
+        let start_err = |e: &dyn std::fmt::Display| BrokerError::Start(e.to_string());
+        let scx = ServerContext::new()
+            .mqtt_max_sessions(isize::try_from(self.max_sessions).unwrap_or(isize::MAX))
+            .busy_check_enable(false)
+            .plugins_config_map_add("rmqtt-acl", self.acl_toml())
+            .plugins_config_map_add("rmqtt-retainer", RETAINER_TOML)
+            .build()
+            .await;
+        rmqtt_acl::register(&scx, true, false)
+            .await
+            .map_err(|e| start_err(&e))?;
+        rmqtt_retainer::register(&scx, true, false)
+            .await
+            .map_err(|e| start_err(&e))?;
+        let bind_err = |e: &dyn std::fmt::Display| BrokerError::Bind {
+            addr: self.listen,
+            reason: e.to_string(),
+        };
+        let listener = Builder::new()
+            .name("mqtt/tcp")
+            .laddr(self.listen)
+            // Anonymous clients are welcome to read; the ACL decides what they may do.
+            .allow_anonymous(true)
+            // A restarted process can re-bind its port while old sockets sit in TIME_WAIT.
+            .reuseaddr(Some(true))
+            .bind()
+            .map_err(|e| bind_err(&e))?
+            .tcp()
+            .map_err(|e| bind_err(&e))?;
+        let local_addr = listener.local_addr().map_err(|e| bind_err(&e))?;
+        // Keyed by the real port: `listener()` would key it by the configured port, 0 in tests.
+        let server = MqttServer::new(scx)
+            .listener_by_id(listener, local_addr.port())
+            .build();
+        Ok((server, local_addr))
+    }
+}
+
+/// Retained messages in memory, never expiring: the last price stays visible through an outage
+/// (the publisher re-publishes the stored latest tick when it restarts).
+const RETAINER_TOML: &str = r#"
+storage.type = "ram"
+max_retained_messages = 0
+max_payload_size = "1MB"
+retained_message_ttl = "0s"
+"#;
+
+/// A running embedded broker. Dropping it stops the broker.
+pub struct BrokerHandle {
+    local_addr: SocketAddr,
+    stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// The address the broker listens on (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the broker and waits (about a millisecond, at most ~1 s) for its thread to end.
+    /// Blocking: from async code, call it in `spawn_blocking` or drop the handle there.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,77 @@
+//! The same rules for Mosquitto, for operators who run their own broker (`--broker`).
+//!
+//! Mosquitto wants a hashed password file (made with `mosquitto_passwd`), an ACL file and a
+//! configuration naming both. [`acl_file`] and [`config`] write the last two; the example in
+//! `broker-config/mosquitto/` is exactly their output and a test keeps it so.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::{PUBLISHER_USER, TICKS_FILTER, publisher_topics};
+
+/// The Mosquitto ACL: anonymous clients read ticks and status, the publisher writes them.
+pub fn acl_file() -> String {
+    let mut acl = String::from(
+        "# pricefeed: anonymous clients may read ticks and the feed status, and write nothing.\n\
+         # (Mosquitto applies topic lines before the first `user` line to anonymous clients.)\n",
+    );
+    let _ = writeln!(acl, "topic read {TICKS_FILTER}");
+    let _ = writeln!(acl, "topic read {}", ticks::STATUS_TOPIC);
+    let _ = writeln!(acl, "\n# Only the publisher writes prices.");
+    let _ = writeln!(acl, "user {PUBLISHER_USER}");
+    for topic in publisher_topics() {
+        let _ = writeln!(acl, "topic write {topic}");
+    }
+    acl
+}
+
+/// A Mosquitto configuration with one plain MQTT listener on `bind:port` enforcing the ACL.
+pub fn config(bind: &str, port: u16, password_file: &Path, acl_file: &Path) -> String {
+    format!(
+        "# pricefeed on Mosquitto: anonymous read-only clients, one authenticated publisher.\n\
+         per_listener_settings false\n\
+         listener {port} {bind}\n\
+         allow_anonymous true\n\
+         password_file {}\n\
+         acl_file {}\n\
+         # Keep QoS 1 ticks for slow subscribers rather than dropping them at the default 1000.\n\
+         max_queued_messages 10000\n\
+         # Retained prices live in memory; the publisher re-publishes the latest stored tick at start.\n\
+         persistence false\n",
+        password_file.display(),
+        acl_file.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_example_is_what_the_code_writes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto");
+        let acl = std::fs::read_to_string(dir.join("acl")).unwrap();
+        assert_eq!(acl, acl_file());
+        let conf = std::fs::read_to_string(dir.join("mosquitto.conf")).unwrap();
+        assert_eq!(
+            conf,
+            config(
+                "0.0.0.0",
+                1883,
+                Path::new("/etc/mosquitto/pricefeed.passwd"),
+                Path::new("/etc/mosquitto/pricefeed.acl"),
+            )
+        );
+    }
+
+    #[test]
+    fn acl_lets_anonymous_read_and_only_the_publisher_write() {
+        let acl = acl_file();
+        let (anonymous, publisher) = acl.split_once("user pricefeed-publisher").unwrap();
+        assert!(anonymous.contains("topic read btc/#\n"));
+        assert!(!anonymous.contains("topic write"));
+        assert!(publisher.contains("topic write btc/USD\n"));
+        assert!(publisher.contains("topic write btc/EUR\n"));
+        assert!(publisher.contains("topic write pricefeed/status\n"));
+    }
+}

@@ -1,0 +1,269 @@
+//! An exact decimal price.
+//!
+//! Sources send prices as decimal text (`"97001.50000"`) or JSON numbers (`97001.5`). Going through
+//! `f64` would print `97001.49999999999` for some of them, so a price is kept as the decimal the
+//! source gave: an integer mantissa and a count of fraction digits, normalised (no trailing zeros),
+//! so equal prices are equal values and print the same way.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// Most significant digits a price may carry; more is not a price, it is noise.
+const MAX_DIGITS: usize = 18;
+
+/// A strictly positive decimal amount of a currency per BTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Price {
+    mantissa: u64,
+    scale: u8,
+}
+
+/// Why a text is not a price.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PriceError {
+    #[error("price {0:?} is not a decimal number")]
+    Malformed(String),
+    #[error("price {0:?} is not positive")]
+    NotPositive(String),
+    #[error("price {0:?} has more than {MAX_DIGITS} significant digits")]
+    TooPrecise(String),
+}
+
+impl Price {
+    /// The price as a float, for comparisons and metrics only, never for output.
+    pub fn as_f64(self) -> f64 {
+        self.mantissa as f64 / 10f64.powi(i32::from(self.scale))
+    }
+
+    /// Builds a price from a mantissa and a count of fraction digits (`(970015, 1)` is `97001.5`).
+    pub fn from_parts(mantissa: u64, scale: u8) -> Result<Price, PriceError> {
+        format_parts(mantissa, scale).parse()
+    }
+
+    /// Parses a float as the shortest decimal that round-trips, which is what a JSON number written by
+    /// any sane encoder means. Rejects NaN, infinities and non-positive values.
+    pub fn from_f64(value: f64) -> Result<Price, PriceError> {
+        if !value.is_finite() {
+            return Err(PriceError::Malformed(value.to_string()));
+        }
+        // `{}` on f64 prints the shortest round-tripping decimal, never an exponent.
+        format!("{value}").parse()
+    }
+}
+
+fn format_parts(mantissa: u64, scale: u8) -> String {
+    let digits = mantissa.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{int}.{frac}")
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_parts(self.mantissa, self.scale))
+    }
+}
+
+impl FromStr for Price {
+    type Err = PriceError;
+
+    /// Accepts the JSON number grammar (`-?int(.frac)?([eE][+-]?exp)?`) and nothing else: no
+    /// thousands separators, no `NaN`, no leading `+`, no surrounding blanks.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || PriceError::Malformed(s.to_string());
+        let (negative, unsigned) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (number, exponent) = match unsigned.find(['e', 'E']) {
+            Some(i) => {
+                let exp = &unsigned[i + 1..];
+                let exp_digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+                if exp_digits.is_empty() || !exp_digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(malformed());
+                }
+                // An exponent beyond any sane magnitude is malformed, not a huge number.
+                let exp: i32 = exp.parse().map_err(|_| malformed())?;
+                if exp.abs() > 64 {
+                    return Err(malformed());
+                }
+                (&unsigned[..i], exp)
+            }
+            None => (unsigned, 0),
+        };
+        let (int, frac) = match number.split_once('.') {
+            Some((int, frac)) if !frac.is_empty() => (int, frac),
+            Some(_) => return Err(malformed()),
+            None => (number, ""),
+        };
+        let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+        if int.is_empty() || !all_digits(int) || !all_digits(frac) {
+            return Err(malformed());
+        }
+        // JSON forbids leading zeros ("007"), and they are a sign of a garbled field.
+        if int.len() > 1 && int.starts_with('0') {
+            return Err(malformed());
+        }
+
+        let mut digits: String = format!("{int}{frac}").trim_start_matches('0').to_string();
+        let mut scale = frac.len() as i32 - exponent;
+        if digits.is_empty() {
+            return Err(PriceError::NotPositive(s.to_string()));
+        }
+        if negative {
+            return Err(PriceError::NotPositive(s.to_string()));
+        }
+        while scale > 0 && digits.ends_with('0') {
+            digits.pop();
+            scale -= 1;
+        }
+        if scale < 0 {
+            digits.extend(std::iter::repeat_n('0', (-scale) as usize));
+            scale = 0;
+        }
+        if digits.len() > MAX_DIGITS || scale > MAX_DIGITS as i32 {
+            return Err(PriceError::TooPrecise(s.to_string()));
+        }
+        let mantissa = digits.parse().map_err(|_| malformed())?;
+        Ok(Price {
+            mantissa,
+            scale: scale as u8,
+        })
+    }
+}
+
+/// On the wire a price is a JSON number written exactly as [`Display`](fmt::Display) prints it.
+impl Serialize for Price {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw = RawValue::from_string(self.to_string()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+/// Reads a JSON number exactly as written (a quoted string is not a price on the wire).
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw: &RawValue = Deserialize::deserialize(deserializer)?;
+        raw.get().parse().map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Price {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn prints_what_the_source_meant_without_float_noise() {
+        assert_eq!(p("97001.5").to_string(), "97001.5");
+        assert_eq!(p("97001.50000").to_string(), "97001.5");
+        assert_eq!(p("111193.40000").to_string(), "111193.4");
+        assert_eq!(p("97001").to_string(), "97001");
+        assert_eq!(p("97001.0").to_string(), "97001");
+        assert_eq!(p("0.00012300").to_string(), "0.000123");
+        assert_eq!(p("9.70015e4").to_string(), "97001.5");
+        assert_eq!(p("1E+3").to_string(), "1000");
+        assert_eq!(p("123456.789e-3").to_string(), "123.456789");
+        // 0.1 + 0.2 style noise never appears: the decimal is kept, not a float.
+        assert_eq!(p("64895.31").to_string(), "64895.31");
+        assert_eq!(p("97001.49999999999").to_string(), "97001.49999999999");
+    }
+
+    #[test]
+    fn equal_values_are_equal() {
+        assert_eq!(p("97001.5"), p("97001.500"));
+        assert_eq!(p("1e2"), p("100"));
+        assert_ne!(p("97001.5"), p("97001.51"));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_positive_decimal() {
+        for bad in [
+            "",
+            " 1",
+            "1 ",
+            "+1",
+            "1,000.5",
+            "64,895.3086",
+            "NaN",
+            "nan",
+            "inf",
+            "Infinity",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "0x10",
+            "007",
+            "1.2.3",
+            "\"97001.5\"",
+            "1e999",
+            "--1",
+            "1_000",
+        ] {
+            assert!(
+                matches!(bad.parse::<Price>(), Err(PriceError::Malformed(_))),
+                "{bad:?} -> {:?}",
+                bad.parse::<Price>()
+            );
+        }
+        for nonpositive in ["0", "0.0", "0e5", "-1", "-0", "-97001.5", "-0.0"] {
+            assert_eq!(
+                nonpositive.parse::<Price>(),
+                Err(PriceError::NotPositive(nonpositive.into())),
+            );
+        }
+        assert!(matches!(
+            "1234567890123456789".parse::<Price>(),
+            Err(PriceError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            "0.0000000000000000001".parse::<Price>(),
+            Err(PriceError::TooPrecise(_))
+        ));
+    }
+
+    #[test]
+    fn floats_become_their_shortest_decimal() {
+        assert_eq!(Price::from_f64(97001.5).unwrap().to_string(), "97001.5");
+        assert_eq!(
+            Price::from_f64(64895.3086).unwrap().to_string(),
+            "64895.3086"
+        );
+        assert_eq!(
+            Price::from_f64(0.1 + 0.2).unwrap().to_string(),
+            "0.30000000000000004"
+        );
+        assert!(Price::from_f64(f64::NAN).is_err());
+        assert!(Price::from_f64(f64::INFINITY).is_err());
+        assert!(Price::from_f64(-3.0).is_err());
+        assert!(Price::from_f64(0.0).is_err());
+    }
+
+    #[test]
+    fn parts_round_trip() {
+        assert_eq!(Price::from_parts(970015, 1).unwrap(), p("97001.5"));
+        assert_eq!(Price::from_parts(5, 3).unwrap().to_string(), "0.005");
+        assert!(Price::from_parts(0, 2).is_err());
+    }
+
+    #[test]
+    fn json_number_in_and_out_exactly() {
+        let price: Price = serde_json::from_str("97001.50").unwrap();
+        assert_eq!(serde_json::to_string(&price).unwrap(), "97001.5");
+        assert!(serde_json::from_str::<Price>("\"97001.5\"").is_err());
+        assert!(serde_json::from_str::<Price>("null").is_err());
+        assert!(serde_json::from_str::<Price>("-1").is_err());
+    }
+}

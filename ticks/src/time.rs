@@ -1,0 +1,333 @@
+//! Time on the feed: [`Timedate`] is a slot start in UTC, [`Interval`] is the slot length.
+//!
+//! Slots are aligned to the Unix epoch, so every node and every restart agrees on the grid: with a
+//! 5 s interval the slots start at :00, :05, :10… of every minute, and a tick's `timedate` is both its
+//! time and, with its currency, its identity.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A UTC instant with millisecond resolution, printed as RFC 3339 with `Z`: whole seconds when it
+/// falls on one (`2026-11-24T01:40:05Z`), milliseconds otherwise (only sub-second test intervals
+/// produce those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timedate(i64);
+
+/// Earliest and latest accepted instants: year 1970 to year 9999, so every value prints as a
+/// four-digit-year RFC 3339 timestamp.
+const MIN_MS: i64 = 0;
+const MAX_MS: i64 = 253_402_300_799_999;
+
+/// Why a text is not a time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimedateError {
+    #[error("{0:?} is neither an RFC 3339 time (2026-11-24T01:40:05Z) nor unix seconds")]
+    Unparseable(String),
+    #[error("{0:?} is outside the years 1970 to 9999")]
+    OutOfRange(String),
+}
+
+impl Timedate {
+    /// From milliseconds since the Unix epoch; `None` outside the years 1970–9999.
+    pub fn from_unix_millis(ms: i64) -> Option<Timedate> {
+        (MIN_MS..=MAX_MS).contains(&ms).then_some(Timedate(ms))
+    }
+
+    pub fn unix_millis(self) -> i64 {
+        self.0
+    }
+
+    /// The current wall-clock time.
+    pub fn now() -> Timedate {
+        Timedate::from_datetime(Utc::now())
+    }
+
+    /// Truncates to the millisecond.
+    pub fn from_datetime(t: DateTime<Utc>) -> Timedate {
+        Timedate(t.timestamp_millis().clamp(MIN_MS, MAX_MS))
+    }
+
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(self.0)
+            .single()
+            .expect("range checked on construction")
+    }
+
+    /// This time plus a duration, saturating at the end of the supported range.
+    pub fn saturating_add(self, d: Duration) -> Timedate {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timedate(self.0.saturating_add(ms).min(MAX_MS))
+    }
+
+    /// This time minus a duration, saturating at the epoch.
+    pub fn saturating_sub(self, d: Duration) -> Timedate {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timedate(self.0.saturating_sub(ms).max(MIN_MS))
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn duration_since(self, earlier: Timedate) -> Duration {
+        Duration::from_millis(u64::try_from(self.0 - earlier.0).unwrap_or(0))
+    }
+
+    /// Parses a time a user or client wrote: RFC 3339 with any offset, or unix seconds (optionally
+    /// with a fraction). Sub-millisecond digits round *up*, so an inclusive `since` never admits a
+    /// tick that is earlier than what was asked for.
+    pub fn parse_user(s: &str) -> Result<Timedate, TimedateError> {
+        let s = s.trim();
+        let unparseable = || TimedateError::Unparseable(s.to_string());
+        let out_of_range = || TimedateError::OutOfRange(s.to_string());
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+            if secs.is_empty() || frac.contains('.') || (s.contains('.') && frac.is_empty()) {
+                return Err(unparseable());
+            }
+            let secs: i64 = secs.parse().map_err(|_| out_of_range())?;
+            let mut ms = secs.checked_mul(1000).ok_or_else(out_of_range)?;
+            let frac_ms: String = frac.chars().chain("000".chars()).take(3).collect();
+            ms += frac_ms.parse::<i64>().unwrap_or(0);
+            if frac.len() > 3 && frac[3..].bytes().any(|b| b != b'0') {
+                ms += 1;
+            }
+            return Timedate::from_unix_millis(ms).ok_or_else(out_of_range);
+        }
+        let t = DateTime::parse_from_rfc3339(s).map_err(|_| unparseable())?;
+        let nanos_below_ms = t.timestamp_subsec_nanos() % 1_000_000;
+        let ms = t.timestamp_millis() + i64::from(nanos_below_ms > 0);
+        Timedate::from_unix_millis(ms).ok_or_else(out_of_range)
+    }
+}
+
+impl fmt::Display for Timedate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let format = if self.0 % 1000 == 0 {
+            SecondsFormat::Secs
+        } else {
+            SecondsFormat::Millis
+        };
+        f.write_str(&self.to_datetime().to_rfc3339_opts(format, true))
+    }
+}
+
+impl FromStr for Timedate {
+    type Err = TimedateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Timedate::parse_user(s)
+    }
+}
+
+impl Serialize for Timedate {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timedate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s: &str = Deserialize::deserialize(deserializer)?;
+        // On the wire only RFC 3339 is a timedate; unix seconds are a convenience for people.
+        if !s.contains('T') {
+            return Err(serde::de::Error::custom(TimedateError::Unparseable(
+                s.into(),
+            )));
+        }
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The slot length. At least 100 ms (tests and demos), at most one day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Interval(u64);
+
+impl Interval {
+    pub const MIN: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(86_400);
+    /// The product's interval: a tick every 5 s.
+    pub const DEFAULT: Interval = Interval(5_000);
+
+    /// A whole number of milliseconds between [`Interval::MIN`] and [`Interval::MAX`].
+    pub fn new(d: Duration) -> Result<Interval, String> {
+        if d < Self::MIN || d > Self::MAX {
+            return Err(format!(
+                "interval {} is outside 100ms..=24h",
+                humantime::format_duration(d)
+            ));
+        }
+        if !d.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err(format!(
+                "interval {} is not a whole number of milliseconds",
+                humantime::format_duration(d)
+            ));
+        }
+        Ok(Interval(d.as_millis() as u64))
+    }
+
+    pub fn as_duration(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+
+    pub fn as_millis(self) -> i64 {
+        self.0 as i64
+    }
+
+    /// The start of the slot that contains `t`.
+    pub fn slot_of(self, t: Timedate) -> Timedate {
+        Timedate(t.0 - t.0.rem_euclid(self.as_millis()))
+    }
+
+    /// The first slot start at or after `t`.
+    pub fn slot_at_or_after(self, t: Timedate) -> Timedate {
+        let start = self.slot_of(t);
+        if start == t { start } else { start.next(self) }
+    }
+
+    /// Is `t` on the grid?
+    pub fn is_slot_start(self, t: Timedate) -> bool {
+        t.0.rem_euclid(self.as_millis()) == 0
+    }
+}
+
+impl Timedate {
+    /// The slot after this one on the grid of `interval`.
+    pub fn next(self, interval: Interval) -> Timedate {
+        Timedate((self.0 + interval.as_millis()).min(MAX_MS))
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.as_duration()))
+    }
+}
+
+impl FromStr for Interval {
+    type Err = String;
+
+    /// `5s`, `250ms`, `1m`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let d = humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration such as 5s or 250ms ({e})"))?;
+        Interval::new(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timedate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prints_whole_seconds_in_utc_with_z() {
+        assert_eq!(
+            t("2026-11-24T01:40:05Z").to_string(),
+            "2026-11-24T01:40:05Z"
+        );
+        assert_eq!(
+            t("2026-11-24T02:40:05+01:00").to_string(),
+            "2026-11-24T01:40:05Z"
+        );
+        assert_eq!(
+            t("2026-11-24T01:40:05.250Z").to_string(),
+            "2026-11-24T01:40:05.250Z"
+        );
+        assert_eq!(t("1764027605").to_string(), "2025-11-24T23:40:05Z");
+        assert_eq!(t("1764027605.25").to_string(), "2025-11-24T23:40:05.250Z");
+    }
+
+    #[test]
+    fn inclusive_since_rounds_up_below_a_millisecond() {
+        assert_eq!(
+            t("2026-11-24T01:40:05.0001Z").to_string(),
+            "2026-11-24T01:40:05.001Z"
+        );
+        assert_eq!(t("1764027605.0001").to_string(), "2025-11-24T23:40:05.001Z");
+        assert_eq!(t("1764027605.000").to_string(), "2025-11-24T23:40:05Z");
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        for bad in [
+            "",
+            "garbage",
+            "2026-13-01T00:00:00Z",
+            "2026-11-24",
+            "1.2.3",
+            "12.",
+            ".5",
+            "-5",
+            "2026-11-24 01:40:05",
+        ] {
+            assert!(
+                matches!(
+                    Timedate::parse_user(bad),
+                    Err(TimedateError::Unparseable(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            Timedate::parse_user("99999999999999999999"),
+            Err(TimedateError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            Timedate::parse_user("1969-12-31T23:59:59Z"),
+            Err(TimedateError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn wire_form_is_rfc3339_only() {
+        let td: Timedate = serde_json::from_str("\"2026-11-24T01:40:05Z\"").unwrap();
+        assert_eq!(
+            serde_json::to_string(&td).unwrap(),
+            "\"2026-11-24T01:40:05Z\""
+        );
+        assert!(serde_json::from_str::<Timedate>("\"1764027605\"").is_err());
+    }
+
+    #[test]
+    fn slots_align_to_the_wall_clock() {
+        let i = Interval::DEFAULT;
+        assert_eq!(
+            i.slot_of(t("2026-11-24T01:40:07.999Z")),
+            t("2026-11-24T01:40:05Z")
+        );
+        assert_eq!(
+            i.slot_of(t("2026-11-24T01:40:05Z")),
+            t("2026-11-24T01:40:05Z")
+        );
+        assert_eq!(
+            i.slot_at_or_after(t("2026-11-24T01:40:05Z")),
+            t("2026-11-24T01:40:05Z")
+        );
+        assert_eq!(
+            i.slot_at_or_after(t("2026-11-24T01:40:05.001Z")),
+            t("2026-11-24T01:40:10Z")
+        );
+        assert!(i.is_slot_start(t("2026-11-24T01:40:00Z")));
+        assert!(!i.is_slot_start(t("2026-11-24T01:40:01Z")));
+        let fast: Interval = "250ms".parse().unwrap();
+        assert_eq!(
+            fast.slot_of(t("2026-11-24T01:40:05.600Z")),
+            t("2026-11-24T01:40:05.500Z")
+        );
+    }
+
+    #[test]
+    fn interval_bounds() {
+        assert_eq!("5s".parse::<Interval>().unwrap(), Interval::DEFAULT);
+        assert_eq!("100ms".parse::<Interval>().unwrap().as_millis(), 100);
+        assert!("99ms".parse::<Interval>().is_err());
+        assert!("2days".parse::<Interval>().is_err());
+        assert!("fast".parse::<Interval>().is_err());
+        assert!(Interval::new(Duration::from_micros(100_500)).is_err());
+    }
+}

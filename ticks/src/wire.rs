@@ -1,0 +1,121 @@
+//! The tick and its wire format.
+//!
+//! The MQTT payload and each tick object in a history answer are the same JSON:
+//! `{"timedate":"2026-11-24T01:40:05Z","price":97001.5}`, exactly these two fields in this order.
+//! Both are produced by [`Tick::payload`] / the [`WireTick`] serializer and nothing else.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Currency, Price, Timedate};
+
+/// One observed price for one currency in one slot. `(currency, timedate)` is its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tick {
+    pub currency: Currency,
+    pub timedate: Timedate,
+    pub price: Price,
+}
+
+/// The JSON object of a tick: the currency is the topic (or the key it is listed under), not a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireTick {
+    pub timedate: Timedate,
+    pub price: Price,
+}
+
+/// Why a message is not a tick.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("topic {0:?} is not a tick topic")]
+    UnknownTopic(String),
+    #[error("payload is not a tick object: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+impl Tick {
+    /// The MQTT topic of this tick.
+    pub fn topic(&self) -> &'static str {
+        self.currency.topic()
+    }
+
+    /// The JSON object of this tick, without its currency.
+    pub fn wire(&self) -> WireTick {
+        WireTick {
+            timedate: self.timedate,
+            price: self.price,
+        }
+    }
+
+    /// The exact MQTT payload: `{"timedate":"…","price":…}`.
+    pub fn payload(&self) -> String {
+        serde_json::to_string(&self.wire()).expect("a tick always serializes")
+    }
+
+    /// Reads a tick from an MQTT message.
+    pub fn from_message(topic: &str, payload: &[u8]) -> Result<Tick, WireError> {
+        let currency =
+            Currency::from_topic(topic).ok_or_else(|| WireError::UnknownTopic(topic.into()))?;
+        let WireTick { timedate, price } = serde_json::from_slice(payload)?;
+        Ok(Tick {
+            currency,
+            timedate,
+            price,
+        })
+    }
+
+    /// The line `pricesub` and `mosquitto_sub -v` print: topic, space, payload.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.topic(), self.payload())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_has_exactly_timedate_then_price() {
+        let tick = Tick {
+            currency: Currency::USD,
+            timedate: "2026-11-24T01:40:05Z".parse().unwrap(),
+            price: "97001.50".parse().unwrap(),
+        };
+        assert_eq!(
+            tick.payload(),
+            r#"{"timedate":"2026-11-24T01:40:05Z","price":97001.5}"#
+        );
+        assert_eq!(
+            tick.line(),
+            r#"btc/USD {"timedate":"2026-11-24T01:40:05Z","price":97001.5}"#
+        );
+        let back = Tick::from_message("btc/USD", tick.payload().as_bytes()).unwrap();
+        assert_eq!(back, tick);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_tick() {
+        let ok = br#"{"timedate":"2026-11-24T01:40:05Z","price":1}"#;
+        assert!(matches!(
+            Tick::from_message("btc/GBP", ok),
+            Err(WireError::UnknownTopic(_))
+        ));
+        for bad in [
+            &br#"{"timedate":"2026-11-24T01:40:05Z","price":"1"}"#[..],
+            br#"{"timedate":"2026-11-24T01:40:05Z","price":1,"extra":2}"#,
+            br#"{"timedate":"2026-11-24T01:40:05Z"}"#,
+            br#"{"timedate":"yesterday","price":1}"#,
+            br#"{"timedate":"2026-11-24T01:40:05Z","price":-1}"#,
+            br#"{"timedate":"2026-11-24T01:40:05Z","price":0}"#,
+            b"not json",
+            b"",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                Tick::from_message("btc/EUR", bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
