@@ -1,1 +1,196 @@
-//! (being written)
+//! The history API: serves, over HTTP, the stored ticks a client missed.
+//!
+//! A client that was offline asks `GET /v1/ticks?since=…` and gets every stored tick from that
+//! time on, oldest first, each as the exact bytes of its MQTT payload, together with what it needs
+//! to trust the answer: the gaps the publisher recorded, the earliest time this server holds, and a
+//! cursor when `limit` cut the page. The same listener answers `/healthz`, `/readyz`, `/metrics`
+//! and `/openapi.json`, the hand-written description of all of it.
+//!
+//! It reads the SQLite file the publisher writes (WAL lets it read beside the writer), either
+//! inside the publisher process ([`serve`] with the publisher's store, metrics and broker flag) or
+//! as the standalone `history-api` binary. It is not a second publisher and never writes a tick;
+//! it is not for live prices (subscribe to `btc/USD` / `btc/EUR` for those) nor for charts or
+//! aggregates (it answers ticks, and nothing computed from them).
+//!
+//! # Layout
+//!
+//! - [`app`] builds the router (routes, request timeout, request metrics) so tests can drive it
+//!   in-process; [`serve`] runs it on a listener until a shutdown future resolves.
+//! - `query`: the strict reading of the `/v1/ticks` query string into a [`TicksQuery`].
+//! - `cursor`: the continuation [`Cursor`] and the merged order it points into.
+//! - `page`: the `/v1/ticks` handler: fetch, merge, cut and encode one page.
+//! - `health`: `/healthz`, `/readyz` and the `/metrics` scrape.
+//! - [`metrics`]: [`Metrics`], the process's counters in Prometheus text format.
+//! - `error`: [`ApiError`], every failure and its JSON body.
+
+mod cursor;
+mod error;
+mod health;
+pub mod metrics;
+mod page;
+mod query;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Request, State};
+use axum::http::{Method, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ticks::{HistoryStore, Interval};
+use tower::ServiceBuilder;
+
+pub use cursor::{BadCursor, Cursor, PageKey};
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use query::{DEFAULT_LIMIT, MAX_LIMIT, TicksQuery};
+
+/// The OpenAPI 3.1 description of every route, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// A request that takes longer is answered 503 `timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After shutdown is asked for, how long requests in flight may take to finish. Longer than the
+/// request timeout, so only a client stalling its own request is cut off.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: HistoryStore,
+    pub metrics: Arc<Metrics>,
+    /// None when no broker is involved (standalone history-api); Some(flag) set by the publisher.
+    pub broker_connected: Option<Arc<AtomicBool>>,
+    pub interval: Interval,
+    /// The feed runs on the demo source: say so in every answer.
+    pub demo: bool,
+}
+
+/// Every route, with the [`REQUEST_TIMEOUT`] and request metrics.
+pub fn app(state: ApiState) -> Router {
+    app_with_timeout(state, REQUEST_TIMEOUT)
+}
+
+/// [`app`] with another request timeout.
+pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/v1/ticks", get(page::ticks))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(Arc::new(state))
+        .layer(
+            ServiceBuilder::new()
+                // Outermost, so that refusals and timeouts are counted and timed too.
+                .layer(middleware::from_fn_with_state(metrics, record_request))
+                .layer(HandleErrorLayer::new(
+                    move |error: tower::BoxError| async move {
+                        if error.is::<tower::timeout::error::Elapsed>() {
+                            ApiError::Timeout(timeout)
+                        } else {
+                            ApiError::Internal(error.to_string())
+                        }
+                    },
+                ))
+                .timeout(timeout),
+        )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+}
+
+async fn record_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.history_request(response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves, then lets requests in flight finish
+/// (closing idle connections at once) for at most 15 s, and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "history API listening");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        // An error means the sender is gone, which only happens once serve has returned.
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown => {}
+    }
+    tracing::info!("history API stopping: finishing requests in flight");
+    let _ = stop.send(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                timeout_s = DRAIN_TIMEOUT.as_secs(),
+                "history API stopped with requests still in flight"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` and systemd send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,120 @@
+//! `/healthz`, `/readyz` and `/metrics`: is the process alive, can it answer, how is the feed doing.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::try_join_all;
+use serde::Serialize;
+use serde_json::json;
+use ticks::{Currency, Timedate};
+
+use crate::ApiState;
+use crate::error::chain;
+use crate::metrics::header;
+use crate::page::ByCurrency;
+
+/// How long readiness and the age gauge wait for the store. Shorter than the request timeout, so
+/// a stuck store shows as `"store": "timed out …"` rather than as a timed-out probe.
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Prometheus text format the scrape is written in.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Seconds since the newest stored tick of each currency (`None`: no tick yet), or why the store
+/// could not say.
+async fn newest_tick_ages(state: &ApiState) -> Result<Vec<(Currency, Option<f64>)>, String> {
+    let latest = try_join_all(Currency::ALL.map(|c| state.store.latest(c)));
+    let latest = match tokio::time::timeout(STORE_CHECK_TIMEOUT, latest).await {
+        Ok(Ok(latest)) => latest,
+        Ok(Err(e)) => return Err(chain(&e)),
+        Err(_) => {
+            return Err(format!(
+                "timed out after {}s",
+                STORE_CHECK_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let now = Timedate::now();
+    Ok(Currency::ALL
+        .into_iter()
+        .zip(latest)
+        .map(|(c, tick)| {
+            let age = tick.map(|t| now.duration_since(t.timedate).as_millis() as f64 / 1000.0);
+            (c, age)
+        })
+        .collect())
+}
+
+#[derive(Serialize)]
+struct Readiness<'a> {
+    ready: bool,
+    store: &'a str,
+    broker: &'static str,
+    newest_tick_age_seconds: ByCurrency<'a, Option<f64>>,
+    demo: bool,
+}
+
+pub(crate) async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    let ages = newest_tick_ages(&state).await;
+    let broker = match &state.broker_connected {
+        None => "not_used",
+        Some(flag) if flag.load(Ordering::Acquire) => "connected",
+        Some(_) => "disconnected",
+    };
+    let no_ages = Currency::ALL.map(|c| (c, None));
+    let (store, age_list) = match &ages {
+        Ok(ages) => ("ok", ages.as_slice()),
+        Err(e) => (e.as_str(), no_ages.as_slice()),
+    };
+    let ready = ages.is_ok() && broker != "disconnected";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Readiness {
+        ready,
+        store,
+        broker,
+        newest_tick_age_seconds: ByCurrency(age_list),
+        demo: state.demo,
+    };
+    (status, Json(body)).into_response()
+}
+
+pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let mut text = state.metrics.render();
+    let ages = newest_tick_ages(&state).await;
+    header(
+        &mut text,
+        "pricefeed_store_up",
+        "gauge",
+        "1 if the history store answered this scrape's query, else 0.",
+    );
+    let _ = writeln!(text, "pricefeed_store_up {}", u8::from(ages.is_ok()));
+    header(
+        &mut text,
+        "pricefeed_newest_tick_age_seconds",
+        "gauge",
+        "Seconds since the timedate of the newest stored tick, by currency (absent: no tick).",
+    );
+    for (currency, age) in ages.iter().flatten() {
+        if let Some(age) = age {
+            let _ = writeln!(
+                text,
+                "pricefeed_newest_tick_age_seconds{{currency=\"{currency}\"}} {age}"
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
+}

@@ -1,0 +1,232 @@
+//! [`Metrics`]: the feed's counters, rendered as Prometheus text format 0.0.4.
+//!
+//! Hand-rolled on atomics: a handful of series do not justify a metrics framework, and the
+//! publisher bumps these counters from its hot loop.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ticks::Currency;
+
+/// Upper bounds (seconds) of the request-duration histogram buckets. A history answer from SQLite
+/// is usually well under 10 ms; the tail up to the 10 s request timeout is what the top buckets
+/// are for.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// The counters of one pricefeed process. Share it as `Arc<Metrics>`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ticks_published: [AtomicU64; Currency::ALL.len()],
+    slots_missed: [AtomicU64; Currency::ALL.len()],
+    source_errors: Mutex<BTreeMap<(String, String), u64>>,
+    requests_by_status: Mutex<BTreeMap<u16, u64>>,
+    /// Requests per bucket, *not* cumulative (the renderer sums them); beyond the last bucket a
+    /// request is counted only in `request_count`.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_micros: AtomicU64,
+    request_count: AtomicU64,
+}
+
+fn index(currency: Currency) -> usize {
+    Currency::ALL
+        .iter()
+        .position(|c| *c == currency)
+        .unwrap_or_default()
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// `pricefeed_ticks_published_total{currency}`.
+    pub fn tick_published(&self, currency: Currency) {
+        self.ticks_published[index(currency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `pricefeed_source_errors_total{source,kind}`.
+    pub fn source_error(&self, source: &str, kind: &str) {
+        let mut errors = self
+            .source_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *errors
+            .entry((source.to_string(), kind.to_string()))
+            .or_default() += 1;
+    }
+
+    /// `pricefeed_slots_missed_total{currency}`.
+    pub fn slot_missed(&self, currency: Currency) {
+        self.slots_missed[index(currency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `pricefeed_history_requests_total{status}` and
+    /// `pricefeed_history_request_duration_seconds`.
+    pub fn history_request(&self, status: u16, latency: Duration) {
+        *self
+            .requests_by_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(status)
+            .or_default() += 1;
+        let seconds = latency.as_secs_f64();
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|le| seconds <= *le) {
+            self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.request_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every series, in Prometheus text format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        header(
+            &mut out,
+            "pricefeed_ticks_published_total",
+            "counter",
+            "Ticks published, by currency.",
+        );
+        for (c, n) in Currency::ALL.iter().zip(&self.ticks_published) {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "pricefeed_ticks_published_total{{currency=\"{c}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "pricefeed_slots_missed_total",
+            "counter",
+            "Slots that got no tick because no source answered, by currency.",
+        );
+        for (c, n) in Currency::ALL.iter().zip(&self.slots_missed) {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "pricefeed_slots_missed_total{{currency=\"{c}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "pricefeed_source_errors_total",
+            "counter",
+            "Failed price-source polls, by source and kind of failure.",
+        );
+        for ((source, kind), n) in self
+            .source_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "pricefeed_source_errors_total{{source=\"{}\",kind=\"{}\"}} {n}",
+                escape(source),
+                escape(kind)
+            );
+        }
+        header(
+            &mut out,
+            "pricefeed_history_requests_total",
+            "counter",
+            "HTTP requests answered by the history API, by status code.",
+        );
+        for (status, n) in self
+            .requests_by_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "pricefeed_history_requests_total{{status=\"{status}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "pricefeed_history_request_duration_seconds",
+            "histogram",
+            "Time to answer an HTTP request of the history API.",
+        );
+        let mut cumulative = 0;
+        for (le, n) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "pricefeed_history_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.request_count.load(Ordering::Relaxed);
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "pricefeed_history_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "pricefeed_history_request_duration_seconds_sum {sum}");
+        let _ = writeln!(
+            out,
+            "pricefeed_history_request_duration_seconds_count {count}"
+        );
+        out
+    }
+}
+
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Label values escape `\`, `"` and newlines (text format 0.0.4).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_with_exact_values() {
+        let m = Metrics::new();
+        m.tick_published(Currency::USD);
+        m.tick_published(Currency::USD);
+        m.tick_published(Currency::EUR);
+        m.slot_missed(Currency::EUR);
+        m.source_error("kraken", "timeout");
+        m.source_error("kraken", "timeout");
+        m.source_error("odd \"name\"\\", "http\n500");
+        m.history_request(200, Duration::from_micros(800));
+        m.history_request(200, Duration::from_millis(30));
+        m.history_request(400, Duration::from_secs(11));
+        let text = m.render();
+        for line in [
+            "# TYPE pricefeed_ticks_published_total counter",
+            "pricefeed_ticks_published_total{currency=\"USD\"} 2",
+            "pricefeed_ticks_published_total{currency=\"EUR\"} 1",
+            "pricefeed_slots_missed_total{currency=\"USD\"} 0",
+            "pricefeed_slots_missed_total{currency=\"EUR\"} 1",
+            "pricefeed_source_errors_total{source=\"kraken\",kind=\"timeout\"} 2",
+            r#"pricefeed_source_errors_total{source="odd \"name\"\\",kind="http\n500"} 1"#,
+            "pricefeed_history_requests_total{status=\"200\"} 2",
+            "pricefeed_history_requests_total{status=\"400\"} 1",
+            "# TYPE pricefeed_history_request_duration_seconds histogram",
+            "pricefeed_history_request_duration_seconds_bucket{le=\"0.001\"} 1",
+            "pricefeed_history_request_duration_seconds_bucket{le=\"0.025\"} 1",
+            "pricefeed_history_request_duration_seconds_bucket{le=\"0.05\"} 2",
+            "pricefeed_history_request_duration_seconds_bucket{le=\"10\"} 2",
+            "pricefeed_history_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "pricefeed_history_request_duration_seconds_sum 11.0308",
+            "pricefeed_history_request_duration_seconds_count 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}

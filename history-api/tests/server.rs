@@ -1,0 +1,234 @@
+//! Health, readiness, metrics, timeouts, and the server on a real socket with graceful shutdown.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use history_api::{app, app_with_timeout, serve};
+use serde_json::json;
+use ticks::{Currency, HistoryStore, Tick, Timedate};
+
+#[tokio::test]
+async fn healthz_is_always_ok() {
+    let answer = get(
+        &app(state_with_broker(store_with(0).await, false)),
+        "/healthz",
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), r#"{"status":"ok"}"#);
+}
+
+/// A store whose newest USD tick is about `age` old, and no EUR tick.
+async fn store_with_usd_tick_aged(age: Duration) -> HistoryStore {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let when =
+        Timedate::from_unix_millis(Timedate::now().saturating_sub(age).unix_millis() / 1000 * 1000)
+            .unwrap();
+    store
+        .insert_tick(Tick {
+            currency: Currency::USD,
+            timedate: when,
+            price: "97001.5".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+    store
+}
+
+#[tokio::test]
+async fn readyz_follows_the_store_and_the_broker() {
+    let store = store_with_usd_tick_aged(Duration::from_secs(3)).await;
+
+    let standalone = get(&app(state(store.clone())), "/readyz").await;
+    assert_eq!(standalone.status, 200);
+    let body = standalone.json();
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["store"], "ok");
+    assert_eq!(body["broker"], "not_used");
+    assert_eq!(body["demo"], false);
+    let usd_age = body["newest_tick_age_seconds"]["USD"].as_f64().unwrap();
+    assert!((3.0..60.0).contains(&usd_age), "{usd_age}");
+    assert_eq!(body["newest_tick_age_seconds"]["EUR"], json!(null));
+
+    let state = state_with_broker(store.clone(), false);
+    let flag = state.broker_connected.clone().unwrap();
+    let app = app(state);
+    let disconnected = get(&app, "/readyz").await;
+    assert_eq!(disconnected.status, 503);
+    assert_eq!(disconnected.json()["ready"], false);
+    assert_eq!(disconnected.json()["broker"], "disconnected");
+    assert_eq!(disconnected.json()["store"], "ok");
+
+    flag.store(true, Ordering::Release);
+    let connected = get(&app, "/readyz").await;
+    assert_eq!(connected.status, 200);
+    assert_eq!(connected.json()["broker"], "connected");
+
+    store
+        .write_blocking(|tx| {
+            tx.execute_batch("DROP TABLE ticks")
+                .map_err(ticks::StoreError::from)
+        })
+        .unwrap();
+    let broken = get(&app, "/readyz").await;
+    assert_eq!(broken.status, 503);
+    assert_eq!(
+        broken.json(),
+        json!({
+            "ready": false,
+            "store": "store query failed: no such table: ticks: Error code 1: SQL error or missing database",
+            "broker": "connected",
+            "newest_tick_age_seconds": {"USD": null, "EUR": null},
+            "demo": false
+        })
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_show_tick_age() {
+    let state = state(store_with_usd_tick_aged(Duration::from_secs(3)).await);
+    let metrics = state.metrics.clone();
+    metrics.tick_published(Currency::EUR);
+    metrics.source_error("kraken", "timeout");
+    let app = app(state);
+    for uri in [
+        "/v1/ticks?since=0",
+        "/v1/ticks?since=0",
+        "/v1/ticks?since=x",
+        "/nope",
+    ] {
+        get(&app, uri).await;
+    }
+    let answer = get(&app, "/metrics").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.content_type(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = answer.text();
+    for line in [
+        "pricefeed_history_requests_total{status=\"200\"} 2",
+        "pricefeed_history_requests_total{status=\"400\"} 1",
+        "pricefeed_history_requests_total{status=\"404\"} 1",
+        "pricefeed_history_request_duration_seconds_count 4",
+        "pricefeed_ticks_published_total{currency=\"EUR\"} 1",
+        "pricefeed_ticks_published_total{currency=\"USD\"} 0",
+        "pricefeed_source_errors_total{source=\"kraken\",kind=\"timeout\"} 1",
+        "pricefeed_store_up 1",
+        "# TYPE pricefeed_newest_tick_age_seconds gauge",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let age: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pricefeed_newest_tick_age_seconds{currency=\"USD\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3.0..60.0).contains(&age), "{age}");
+    assert!(!text.contains("pricefeed_newest_tick_age_seconds{currency=\"EUR\"}"));
+    // The scrape itself is counted once it is answered.
+    assert_eq!(
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("pricefeed_history_requests_total{status=\"200\"}")),
+        Some("pricefeed_history_requests_total{status=\"200\"} 3")
+    );
+}
+
+#[tokio::test]
+async fn a_slow_store_times_out_with_a_json_503() {
+    let store = store_with(1).await;
+    let state = state(store.clone());
+    let metrics = state.metrics.clone();
+    let app = app_with_timeout(state, Duration::from_millis(200));
+    // An in-memory store reads through its one connection: holding it stalls every query.
+    let (held, is_held) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        store
+            .write_blocking(|_| {
+                held.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(())
+            })
+            .unwrap();
+    });
+    is_held.recv().unwrap();
+    let answer = get(&app, "/v1/ticks?since=0").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.json(),
+        json!({"error": "timeout", "message": "the request took longer than 0.2s"})
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("pricefeed_history_requests_total{status=\"503\"} 1")
+    );
+    holder.join().unwrap();
+}
+
+#[tokio::test]
+async fn serves_a_file_store_on_a_real_socket_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path().join("feed.db")).unwrap();
+    store
+        .insert_ticks(vec![tick(Currency::USD, 0), tick(Currency::EUR, 0)])
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state(store), async move {
+        let _ = stopped.await;
+    }));
+
+    let (status, body) = http_get(
+        address,
+        b"/v1/ticks?since=2026-11-24T01:40:00Z&currency=EUR",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!(
+            r#""ticks":{{"EUR":[{}]}}"#,
+            tick(Currency::EUR, 0).payload()
+        )),
+        "{body}"
+    );
+    let (status, body) = http_get(address, b"/v1/ticks?since=%FF").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["parameter"],
+        "since"
+    );
+    let (status, _) = http_get(address, b"/healthz").await;
+    assert_eq!(status, 200);
+
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut idle = tokio::net::TcpStream::connect(address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut idle, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut idle, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    assert!(!server.is_finished());
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once shutdown resolves")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(tokio::net::TcpStream::connect(address).await.is_err());
+}

@@ -1,0 +1,195 @@
+//! A client of the history API (`GET /v1/ticks`), with failover across replicas and paging.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use ticks::wire::WireTick;
+use ticks::{Currency, Gap, Interval, Tick, Timedate};
+
+/// Ticks per page asked for; the server caps it anyway.
+const PAGE: usize = 10_000;
+/// Pages of one backfill, at most: a client asking for years of history gets an error, not an OOM.
+const MAX_PAGES: usize = 1_000;
+
+/// Why history could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("{url} is not a usable history URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("no history server answered ({0})")]
+    Unavailable(String),
+    #[error("history server {url} refused the request: HTTP {status}: {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("history server {url} sent an answer that is not a tick page: {reason}")]
+    BadAnswer { url: String, reason: String },
+    #[error("the backfill is longer than {MAX_PAGES} pages; ask for a later --since")]
+    TooLong,
+}
+
+/// Everything the history servers hold for a range.
+#[derive(Debug, Default)]
+pub struct Backfill {
+    /// Per currency, oldest first.
+    pub ticks: BTreeMap<Currency, Vec<Tick>>,
+    pub gaps: Vec<Gap>,
+    pub interval: Option<Interval>,
+    /// The server does not hold ticks that far back.
+    pub since_before_earliest: bool,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    ticks: BTreeMap<Currency, Vec<WireTick>>,
+    #[serde(default)]
+    gaps: Vec<Gap>,
+    #[serde(default)]
+    next_cursor: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    since_before_earliest: bool,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: String,
+}
+
+/// History replicas, tried in order for each request.
+#[derive(Clone)]
+pub struct HistoryClient {
+    bases: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl HistoryClient {
+    pub fn new(bases: &[String], timeout: Duration) -> Result<HistoryClient, HistoryError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut clean = Vec::new();
+        for base in bases {
+            let trimmed = base.trim_end_matches('/').to_string();
+            let parsed = reqwest::Url::parse(&trimmed).map_err(|e| HistoryError::BadUrl {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(HistoryError::BadUrl {
+                    url: base.clone(),
+                    reason: "expected http:// or https://".into(),
+                });
+            }
+            clean.push(trimmed);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("pricesub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        Ok(HistoryClient { bases: clean, http })
+    }
+
+    /// Every tick of `currencies` with `timedate >= since`, and the gaps in that range.
+    pub async fn fetch(
+        &self,
+        currencies: &[Currency],
+        since: Timedate,
+    ) -> Result<Backfill, HistoryError> {
+        let mut last_err = None;
+        for base in &self.bases {
+            match self.fetch_from(base, currencies, since).await {
+                Ok(b) => return Ok(b),
+                // A refusal is about our request, not the server: another replica will agree.
+                Err(e @ HistoryError::Refused { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(server = %base, error = %e, "history server failed; trying the next");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| HistoryError::Unavailable("no --history URL".into())))
+    }
+
+    async fn fetch_from(
+        &self,
+        base: &str,
+        currencies: &[Currency],
+        since: Timedate,
+    ) -> Result<Backfill, HistoryError> {
+        let url = format!("{base}/v1/ticks");
+        let currency = currencies
+            .iter()
+            .map(|c| c.code())
+            .collect::<Vec<_>>()
+            .join(",");
+        let limit = PAGE.to_string();
+        let since = since.to_string();
+        let mut out = Backfill::default();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut query: Vec<(&str, &str)> = vec![("currency", &currency), ("limit", &limit)];
+            match &cursor {
+                Some(c) => query.push(("cursor", c)),
+                None => query.push(("since", &since)),
+            }
+            let response = self
+                .http
+                .get(&url)
+                .query(&query)
+                .send()
+                .await
+                .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
+            let status = response.status();
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
+            if status.is_client_error() {
+                let message = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|b| b.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+                return Err(HistoryError::Refused {
+                    url,
+                    status: status.as_u16(),
+                    message,
+                });
+            }
+            if !status.is_success() {
+                return Err(HistoryError::Unavailable(format!("{url}: HTTP {status}")));
+            }
+            let page: Page =
+                serde_json::from_slice(&body).map_err(|e| HistoryError::BadAnswer {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+            for (currency, ticks) in page.ticks {
+                out.ticks
+                    .entry(currency)
+                    .or_default()
+                    .extend(ticks.into_iter().map(|w| Tick {
+                        currency,
+                        timedate: w.timedate,
+                        price: w.price,
+                    }));
+            }
+            for gap in page.gaps {
+                if !out.gaps.contains(&gap) {
+                    out.gaps.push(gap);
+                }
+            }
+            if out.interval.is_none() {
+                out.interval = page.interval.and_then(|i| i.parse().ok());
+            }
+            out.since_before_earliest |= page.since_before_earliest;
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(out),
+            }
+        }
+        Err(HistoryError::TooLong)
+    }
+}

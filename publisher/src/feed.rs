@@ -1,0 +1,261 @@
+//! The slot loop: sample, store, publish, once per slot of the wall-clock grid.
+//!
+//! Order matters for the invariant "a published tick is in the store": a tick is committed to
+//! SQLite before it is handed to the broker, and a tick that cannot be stored is not published (the
+//! slot becomes a gap with reason `store_unavailable`). A slot with no valid price publishes
+//! nothing and is recorded as a gap. Sampling has a deadline inside the slot, so a slow source
+//! never shifts the grid; if the process falls behind anyway (suspended, overloaded), the skipped
+//! slots are recorded as a gap and the loop rejoins the grid.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use history_api::Metrics;
+use price_sources::{Sample, SourceChain};
+use serde::Serialize;
+use ticks::{Currency, Gap, GapReason, HistoryStore, Interval, STATUS_TOPIC, Tick, Timedate};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::WallClock;
+use crate::mqtt::MqttLink;
+
+/// Where ticks and status go once stored. A trait so the slot loop can be tested without a broker.
+pub trait TickSink: Send + Sync {
+    fn publish_tick(&self, tick: &Tick);
+    fn publish_status(&self, status: &FeedStatus);
+}
+
+impl TickSink for MqttLink {
+    fn publish_tick(&self, tick: &Tick) {
+        if let Err(e) = self.publish_retained(tick.topic(), tick.payload()) {
+            tracing::warn!(topic = tick.topic(), timedate = %tick.timedate, error = %e,
+                "tick stored but not published live; clients will backfill it");
+        }
+    }
+
+    fn publish_status(&self, status: &FeedStatus) {
+        if let Err(e) = self.publish_retained(STATUS_TOPIC, status.to_json()) {
+            tracing::warn!(error = %e, "status not published");
+        }
+    }
+}
+
+/// The feed's state as announced, retained, on `pricefeed/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedStatus {
+    /// `live`: every currency got a tick in the last slot; `degraded`: some did not; `down`: none
+    /// did; `offline`: the publisher stopped (also its MQTT will).
+    pub state: &'static str,
+    /// The slot this status describes.
+    pub slot: Option<Timedate>,
+    /// Per currency, the slot the current run of missing ticks started at, if any.
+    pub missing_since: BTreeMap<Currency, Timedate>,
+    pub interval: String,
+    /// The feed runs on the offline demo source: these are not market prices.
+    pub demo: bool,
+}
+
+impl FeedStatus {
+    pub fn offline(interval: Interval, demo: bool) -> FeedStatus {
+        FeedStatus {
+            state: "offline",
+            slot: None,
+            missing_since: BTreeMap::new(),
+            interval: interval.to_string(),
+            demo,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("status serializes")
+    }
+}
+
+/// Gives the prices of one slot. [`SourceChain`] in production; scripted in tests that run under
+/// tokio's paused time, where real sockets would race the auto-advancing clock.
+pub trait Sampler: Send + Sync {
+    /// Prices for the wanted currencies, answering by `deadline`.
+    fn sample(
+        &self,
+        wanted: &[Currency],
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Sample> + Send;
+
+    /// Whether the prices are invented (the demo source).
+    fn uses_demo(&self) -> bool;
+}
+
+impl Sampler for SourceChain {
+    fn sample(
+        &self,
+        wanted: &[Currency],
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Sample> + Send {
+        SourceChain::sample(self, wanted, deadline)
+    }
+
+    fn uses_demo(&self) -> bool {
+        SourceChain::uses_demo(self)
+    }
+}
+
+/// Everything the slot loop needs.
+pub struct SlotLoop<S> {
+    pub interval: Interval,
+    pub currencies: Vec<Currency>,
+    pub chain: S,
+    pub store: HistoryStore,
+    pub sink: Arc<dyn TickSink>,
+    pub metrics: Arc<Metrics>,
+    pub clock: WallClock,
+}
+
+/// How far into the slot sampling may run: a source that answers later is too late for this slot.
+fn sampling_budget(interval: Interval) -> Duration {
+    let i = interval.as_duration();
+    i.saturating_sub((i / 5).min(Duration::from_millis(500)))
+}
+
+impl<S: Sampler> SlotLoop<S> {
+    /// Runs until `shutdown`. Returns the number of slots processed.
+    pub async fn run(self, shutdown: CancellationToken) -> u64 {
+        let demo = self.chain.uses_demo();
+        let mut slot = self.interval.slot_at_or_after(self.clock.now());
+        self.record_downtime(slot).await;
+        let mut status = FeedStatus {
+            state: "live",
+            slot: None,
+            missing_since: BTreeMap::new(),
+            interval: self.interval.to_string(),
+            demo,
+        };
+        let mut announced: Option<FeedStatus> = None;
+        let mut processed = 0;
+        loop {
+            tokio::select! {
+                _ = self.clock.sleep_until(slot) => {}
+                _ = shutdown.cancelled() => return processed,
+            }
+            let deadline = self.clock.instant_at(slot) + sampling_budget(self.interval);
+            let sample = tokio::select! {
+                sample = self.chain.sample(&self.currencies, deadline) => sample,
+                _ = shutdown.cancelled() => return processed,
+            };
+            self.settle(slot, sample, &mut status).await;
+            processed += 1;
+            // Announce changes of state only: a status per slot would be noise on a retained topic.
+            let changed = announced
+                .as_ref()
+                .is_none_or(|a| a.state != status.state || a.missing_since != status.missing_since);
+            if changed {
+                self.sink.publish_status(&status);
+                announced = Some(status.clone());
+            }
+
+            let next = slot.next(self.interval);
+            let due = self.interval.slot_at_or_after(self.clock.now());
+            if due > next {
+                tracing::warn!(from = %next, until = %due, "fell behind the slot grid; skipping slots");
+                for currency in &self.currencies {
+                    self.record_gap(*currency, next, due, GapReason::PublisherDown)
+                        .await;
+                }
+            }
+            slot = due.max(next);
+        }
+    }
+
+    /// Stores and publishes the ticks of one slot, records the currencies that got none.
+    async fn settle(&self, slot: Timedate, sample: Sample, status: &mut FeedStatus) {
+        for failure in &sample.failures {
+            self.metrics
+                .source_error(failure.source.name(), failure.error.kind());
+        }
+        let mut got = 0;
+        for &currency in &self.currencies {
+            let Some(quote) = sample.quotes.iter().find(|q| q.currency == currency) else {
+                tracing::warn!(currency = %currency, slot = %slot, "no source gave a valid price; no tick for this slot");
+                self.metrics.slot_missed(currency);
+                self.record_gap(
+                    currency,
+                    slot,
+                    slot.next(self.interval),
+                    GapReason::SourcesUnavailable,
+                )
+                .await;
+                status.missing_since.entry(currency).or_insert(slot);
+                continue;
+            };
+            let tick = Tick {
+                currency,
+                timedate: slot,
+                price: quote.price,
+            };
+            match self.store.insert_tick(tick).await {
+                Ok(_) => {
+                    tracing::debug!(currency = %currency, timedate = %slot, price = %tick.price, source = %quote.source, "tick");
+                    self.sink.publish_tick(&tick);
+                    self.metrics.tick_published(currency);
+                    status.missing_since.remove(&currency);
+                    got += 1;
+                }
+                Err(e) => {
+                    tracing::error!(currency = %currency, slot = %slot, error = %e,
+                        "cannot store the tick, so it is not published");
+                    self.metrics.slot_missed(currency);
+                    self.record_gap(
+                        currency,
+                        slot,
+                        slot.next(self.interval),
+                        GapReason::StoreUnavailable,
+                    )
+                    .await;
+                    status.missing_since.entry(currency).or_insert(slot);
+                }
+            }
+        }
+        status.slot = Some(slot);
+        status.state = match got {
+            0 => "down",
+            n if n == self.currencies.len() => "live",
+            _ => "degraded",
+        };
+    }
+
+    /// At start-up: the slots between the last stored tick and now had no publisher.
+    async fn record_downtime(&self, first_slot: Timedate) {
+        for &currency in &self.currencies {
+            match self.store.latest(currency).await {
+                Ok(Some(last)) if last.timedate.next(self.interval) < first_slot => {
+                    let from = self.interval.slot_of(last.timedate).next(self.interval);
+                    tracing::info!(currency = %currency, from = %from, until = %first_slot, "recording the downtime since the last tick as a gap");
+                    self.record_gap(currency, from, first_slot, GapReason::PublisherDown)
+                        .await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the last tick to record downtime")
+                }
+            }
+        }
+    }
+
+    async fn record_gap(
+        &self,
+        currency: Currency,
+        from: Timedate,
+        until: Timedate,
+        reason: GapReason,
+    ) {
+        let gap = Gap {
+            currency,
+            from,
+            until,
+            reason,
+        };
+        if let Err(e) = self.store.record_gap(gap).await {
+            tracing::error!(currency = %currency, from = %from, until = %until, error = %e, "cannot record a gap");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The pricefeed process: BTC ticks on a wall-clock grid, stored, published, and served.
+//!
+//! Every slot (5 s by default) it asks the configured price sources in order for a price per
+//! currency, commits each tick to SQLite, then publishes it retained at QoS 1 on `btc/USD` /
+//! `btc/EUR`. By default the MQTT broker (rmqtt) runs inside this process and the history API is
+//! served on the same process's HTTP listener, so the whole feed is one command; `--broker` points
+//! it at an external broker instead. It is not a client library: that is `pricesub`.
+//!
+//! # Layout
+//!
+//! - [`Feed`]: builds everything (store, sources, broker, listeners) and runs it until shutdown.
+//! - [`feed`]: the slot loop — sample, store, publish, record gaps, announce status.
+//! - [`mqtt`]: the publisher's MQTT connection with capped reconnect backoff.
+//! - [`clock`]: the wall clock the grid is read from (the system's, or tokio's paused time in tests).
+
+pub mod clock;
+pub mod feed;
+pub mod mqtt;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use broker_config::{BrokerHandle, Credentials, EmbeddedBroker};
+use history_api::{ApiState, Metrics};
+use price_sources::{SourceChain, SourceConfig};
+use ticks::{Currency, HistoryStore, Interval};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::WallClock;
+use crate::feed::{FeedStatus, SlotLoop, TickSink};
+use crate::mqtt::{BrokerUrl, MqttLink};
+
+/// How long each part of shutdown may take before it is abandoned.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
+
+/// Which broker the ticks go to.
+#[derive(Debug, Clone)]
+pub enum BrokerMode {
+    /// Run rmqtt in this process, listening on `listen`.
+    Embedded {
+        listen: SocketAddr,
+        max_sessions: usize,
+    },
+    /// Publish to a broker someone else runs.
+    External { url: BrokerUrl },
+}
+
+/// Everything the feed is configured with. `main` builds it from flags; tests build it directly.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub interval: Interval,
+    pub currencies: Vec<Currency>,
+    /// Tried in this order every slot.
+    pub sources: Vec<SourceConfig>,
+    /// Timeout of one source request (each is also cut short by the slot's deadline).
+    pub request_timeout: Duration,
+    pub db: PathBuf,
+    pub broker: BrokerMode,
+    /// The publisher's broker password: required for an external broker; for the embedded one, a
+    /// random password is made when none is given.
+    pub publisher_password: Option<String>,
+    pub http_listen: SocketAddr,
+    pub clock: WallClock,
+}
+
+/// A built feed: store open, broker listening, HTTP bound. [`Feed::run`] starts the ticks.
+pub struct Feed {
+    config: Config,
+    store: HistoryStore,
+    chain: SourceChain,
+    credentials: Credentials,
+    broker: Option<BrokerHandle>,
+    broker_url: BrokerUrl,
+    http: tokio::net::TcpListener,
+}
+
+impl Feed {
+    /// Opens the store, starts the embedded broker (if any) and binds the HTTP listener, so that
+    /// every configuration and port problem surfaces here, before the first tick.
+    pub async fn build(config: Config) -> anyhow::Result<Feed> {
+        let store = HistoryStore::open(&config.db)
+            .with_context(|| format!("cannot open the tick store {}", config.db.display()))?;
+        let chain = SourceChain::new(config.sources.clone(), config.request_timeout)
+            .context("invalid price source configuration")?;
+        let credentials = match (&config.broker, &config.publisher_password) {
+            (_, Some(password)) => Credentials::publisher(password.clone()),
+            (BrokerMode::Embedded { .. }, None) => Credentials::random_publisher(),
+            (BrokerMode::External { url }, None) => anyhow::bail!(
+                "--broker {url} needs the publisher's password (--broker-password or PRICEFEED_BROKER_PASSWORD)"
+            ),
+        };
+        credentials.validate().map_err(anyhow::Error::msg)?;
+        let (broker, broker_url) = match &config.broker {
+            BrokerMode::Embedded {
+                listen,
+                max_sessions,
+            } => {
+                let mut embedded = EmbeddedBroker::new(*listen, credentials.clone());
+                embedded.max_sessions = *max_sessions;
+                let handle = tokio::task::spawn_blocking(move || embedded.start())
+                    .await
+                    .context("starting the embedded broker")??;
+                let addr = handle.local_addr();
+                // Talk to our own broker over loopback, whatever interface it listens on.
+                let host = if addr.ip().is_unspecified() {
+                    match addr.ip() {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                    }
+                } else {
+                    addr.ip()
+                };
+                let url = BrokerUrl {
+                    host: host.to_string(),
+                    port: addr.port(),
+                };
+                (Some(handle), url)
+            }
+            BrokerMode::External { url } => (None, url.clone()),
+        };
+        let http = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+        Ok(Feed {
+            config,
+            store,
+            chain,
+            credentials,
+            broker,
+            broker_url,
+            http,
+        })
+    }
+
+    /// Where the embedded broker listens, if there is one.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(BrokerHandle::local_addr)
+    }
+
+    /// The broker the ticks are published to.
+    pub fn broker_url(&self) -> &BrokerUrl {
+        &self.broker_url
+    }
+
+    /// Where the history API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Runs the feed until `shutdown` is cancelled, then stops every part in order: the slot loop,
+    /// the offline status, the MQTT connection, HTTP, the broker.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Feed {
+            config,
+            store,
+            chain,
+            credentials,
+            broker,
+            broker_url,
+            http,
+        } = self;
+        let demo = chain.uses_demo();
+        let metrics = Arc::new(Metrics::new());
+        let offline = FeedStatus::offline(config.interval, demo);
+        // The link outlives the slot loop so the offline status and queued ticks still go out.
+        let link_stop = CancellationToken::new();
+        let link = Arc::new(MqttLink::start(
+            &broker_url,
+            &credentials,
+            &format!("pricefeed-publisher-{}", std::process::id()),
+            ticks::STATUS_TOPIC,
+            offline.to_json(),
+            link_stop.clone(),
+        ));
+
+        // A restart must not leave displays blank: re-publish the newest stored tick, retained.
+        for &currency in &config.currencies {
+            match store.latest(currency).await {
+                Ok(Some(tick)) => link.publish_tick(&tick),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the latest tick to re-publish"),
+            }
+        }
+
+        let api = ApiState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            broker_connected: Some(link.connected()),
+            interval: config.interval,
+            demo,
+        };
+        let http_stop = shutdown.clone();
+        let http_addr = http.local_addr()?;
+        let http_task = tokio::spawn(history_api::serve(http, api, async move {
+            http_stop.cancelled().await
+        }));
+        tracing::info!(
+            interval = %config.interval,
+            currencies = ?config.currencies,
+            sources = ?chain.kinds(),
+            broker = %broker_url,
+            http = %http_addr,
+            db = %config.db.display(),
+            "pricefeed running"
+        );
+
+        let slots = SlotLoop {
+            interval: config.interval,
+            currencies: config.currencies.clone(),
+            chain,
+            store,
+            sink: link.clone(),
+            metrics,
+            clock: config.clock.clone(),
+        };
+        slots.run(shutdown.clone()).await;
+
+        tracing::info!("shutting down");
+        link.publish_status(&offline);
+        link_stop.cancel();
+        if let Ok(link) = Arc::try_unwrap(link) {
+            link.close(SHUTDOWN_STEP).await;
+        }
+        match tokio::time::timeout(SHUTDOWN_STEP, http_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Err(_) => tracing::warn!("HTTP server did not stop in time"),
+            _ => {}
+        }
+        if let Some(broker) = broker {
+            let _ = tokio::time::timeout(
+                SHUTDOWN_STEP,
+                tokio::task::spawn_blocking(move || broker.shutdown()),
+            )
+            .await;
+        }
+        Ok(())
+    }
+}

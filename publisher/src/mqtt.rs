@@ -1,0 +1,225 @@
+//! The publisher's MQTT connection, the same code for the embedded broker and an external one.
+//!
+//! rumqttc's event loop must be polled forever in its own task, and when the broker is down each
+//! poll fails at once, so polling in a plain loop spins a core. The loop here backs off (capped,
+//! with jitter so a fleet of publishers does not reconnect in lock-step) and resets on CONNACK.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use broker_config::Credentials;
+use rumqttc::{
+    AsyncClient, ClientError, ConnectReturnCode, Event, LastWill, MqttOptions, Packet, QoS,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Queued publishes while the broker is unreachable; past this, live publishes are dropped (the
+/// ticks are stored, and clients backfill them from history).
+const QUEUE: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Where an MQTT broker listens: `mqtt://host:port`, `tcp://host:port` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .unwrap_or(s);
+        if s.contains("://") && rest == s {
+            return Err(format!(
+                "{s:?}: only plain MQTT (mqtt://host:port) is supported"
+            ));
+        }
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?,
+            ),
+            None => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!(
+                "{s:?} is not a broker URL such as mqtt://127.0.0.1:1883"
+            ));
+        }
+        Ok(BrokerUrl {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a publish was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the MQTT publish queue is full (broker unreachable for a while)")]
+    QueueFull,
+    #[error("the MQTT connection is closed")]
+    Closed,
+}
+
+/// A publishing connection kept alive in the background.
+pub struct MqttLink {
+    client: AsyncClient,
+    connected: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttLink {
+    /// Connects in the background; publishes queue until the broker accepts us. `will` is
+    /// published retained on `will_topic` by the broker if we vanish without a clean disconnect.
+    pub fn start(
+        url: &BrokerUrl,
+        credentials: &Credentials,
+        client_id: &str,
+        will_topic: &str,
+        will: String,
+        shutdown: CancellationToken,
+    ) -> MqttLink {
+        let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
+        opts.set_credentials(credentials.username.clone(), credentials.password.clone());
+        opts.set_keep_alive(Duration::from_secs(15));
+        opts.set_clean_session(true);
+        opts.set_last_will(LastWill::new(will_topic, will, QoS::AtLeastOnce, true));
+        let (client, eventloop) = AsyncClient::new(opts, QUEUE);
+        let connected = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(drive(eventloop, url.clone(), connected.clone(), shutdown));
+        MqttLink {
+            client,
+            connected,
+            task,
+        }
+    }
+
+    /// True while the broker has accepted our connection.
+    pub fn connected(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
+    /// Queues a retained QoS 1 publish without waiting.
+    pub fn publish_retained(&self, topic: &str, payload: String) -> Result<(), PublishError> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
+            .map_err(|e| match e {
+                ClientError::TryRequest(_) => PublishError::QueueFull,
+                _ => PublishError::Closed,
+            })
+    }
+
+    /// Sends what is queued, disconnects cleanly (so the will is not published), and stops.
+    pub async fn close(self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.client.disconnect()).await;
+        let mut task = self.task;
+        if tokio::time::timeout(within, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    url: BrokerUrl,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut disconnecting = false;
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            // After shutdown we keep polling until our DISCONNECT is out (close() bounds this).
+            _ = shutdown.cancelled(), if !disconnecting => {
+                disconnecting = true;
+                continue;
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+                connected.store(true, Ordering::Relaxed);
+                backoff = BACKOFF_MIN;
+                tracing::info!(broker = %url, "connected to the MQTT broker");
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                connected.store(false, Ordering::Relaxed);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let was_connected = connected.swap(false, Ordering::Relaxed);
+                if disconnecting {
+                    return;
+                }
+                match &e {
+                    rumqttc::ConnectionError::ConnectionRefused(code) => tracing::error!(
+                        broker = %url,
+                        code = ?code,
+                        "the broker refused the publisher's connection (check --broker-password and the broker's ACL)"
+                    ),
+                    _ if was_connected => {
+                        tracing::warn!(broker = %url, error = %e, "lost the MQTT broker; reconnecting")
+                    }
+                    _ => tracing::debug!(broker = %url, error = %e, "MQTT broker unreachable"),
+                }
+                let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff + jitter) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let u: BrokerUrl = "mqtt://127.0.0.1:1884".parse().unwrap();
+        assert_eq!(
+            u,
+            BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(u.to_string(), "mqtt://127.0.0.1:1884");
+        assert_eq!("tcp://broker".parse::<BrokerUrl>().unwrap().port, 1883);
+        assert_eq!("broker:2000".parse::<BrokerUrl>().unwrap().host, "broker");
+        assert_eq!(
+            "mqtt://[::1]:1883".parse::<BrokerUrl>().unwrap().host,
+            "::1"
+        );
+        assert!("mqtts://broker:8883".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://broker:http".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://host:99999".parse::<BrokerUrl>().is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! The whole feed in-process, in real time: fake price sources over real HTTP, the embedded broker,
+//! a real MQTT subscriber, a real SQLite file.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use price_sources::{SourceConfig, SourceKind};
+use publisher::clock::WallClock;
+use publisher::mqtt::BrokerUrl;
+use publisher::{BrokerMode, Config, Feed};
+use testkit::{FixtureServer, Mode, Mosquitto, Received, TickSubscriber};
+use ticks::{Currency, HistoryStore, Interval, Tick, Timedate};
+use tokio_util::sync::CancellationToken;
+
+const INTERVAL_MS: u64 = 250;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Config {
+    Config {
+        interval: Interval::new(Duration::from_millis(INTERVAL_MS)).unwrap(),
+        currencies: Currency::ALL.to_vec(),
+        sources: sources
+            .iter()
+            .map(|(kind, server)| SourceConfig {
+                kind: *kind,
+                base_url: server.url(),
+            })
+            .collect(),
+        request_timeout: Duration::from_millis(150),
+        db: db.to_path_buf(),
+        broker: BrokerMode::Embedded {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_sessions: 1000,
+        },
+        publisher_password: None,
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        clock: WallClock::System,
+    }
+}
+
+struct Running {
+    mqtt: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(config: Config) -> Running {
+    let feed = Feed::build(config).await.unwrap();
+    let mqtt = feed.mqtt_addr().unwrap_or_else(|| {
+        let url = feed.broker_url();
+        format!("{}:{}", url.host, url.port).parse().unwrap()
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(feed.run(stop.clone()));
+    Running { mqtt, stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the feed stops within 15 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Checks one message is an exact tick on the grid and returns it.
+fn exact_tick(m: &Received) -> Tick {
+    let tick =
+        Tick::from_message(&m.topic, m.payload.as_bytes()).unwrap_or_else(|e| panic!("{m:?}: {e}"));
+    assert_eq!(
+        m.payload,
+        tick.payload(),
+        "keys exactly timedate, price, in that order"
+    );
+    assert!(m.payload.starts_with(r#"{"timedate":""#));
+    let interval = Interval::new(Duration::from_millis(INTERVAL_MS)).unwrap();
+    assert!(
+        interval.is_slot_start(tick.timedate),
+        "{} is on the grid",
+        tick.timedate
+    );
+    tick
+}
+
+fn prices(ticks: &[Tick], currency: Currency) -> HashSet<String> {
+    ticks
+        .iter()
+        .filter(|t| t.currency == currency)
+        .map(|t| t.price.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_ticks_on_both_topics_one_per_slot_and_all_stored() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let feed = start(config(&db, &[(SourceKind::Kraken, &kraken)])).await;
+    let mut sub = TickSubscriber::connect(feed.mqtt, "display", "btc/+").await;
+    let received = sub.collect(12, WAIT).await;
+    feed.stop().await;
+
+    let ticks: Vec<Tick> = received.iter().map(exact_tick).collect();
+    assert_eq!(
+        prices(&ticks, Currency::USD),
+        HashSet::from(["77726.1".to_string()])
+    );
+    assert_eq!(
+        prices(&ticks, Currency::EUR),
+        HashSet::from(["68644.2".to_string()])
+    );
+    let mut seen = HashSet::new();
+    for t in &ticks {
+        assert!(
+            seen.insert((t.currency, t.timedate)),
+            "one tick per slot per currency: {t:?}"
+        );
+    }
+    // What was published is exactly what the store holds for the same range.
+    let store = HistoryStore::open(&db).unwrap();
+    for currency in Currency::ALL {
+        let live: Vec<Tick> = ticks
+            .iter()
+            .filter(|t| t.currency == currency)
+            .copied()
+            .collect();
+        let first = live.first().unwrap().timedate;
+        let last = live.last().unwrap().timedate;
+        let stored: Vec<Tick> = store
+            .ticks_since(currency, first, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.timedate <= last)
+            .collect();
+        assert_eq!(stored, live, "{currency}");
+    }
+    // The source saw our User-Agent.
+    let hits = kraken.hits();
+    assert!(!hits.is_empty());
+    assert!(hits.iter().all(|(_, agent)| {
+        agent
+            .as_deref()
+            .is_some_and(|a| a.starts_with("pricefeed/"))
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_falls_through_and_an_outage_publishes_nothing_until_recovery() {
+    let kraken = FixtureServer::kraken().await;
+    let coindesk = FixtureServer::coindesk().await;
+    kraken.set_mode(Mode::Status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let feed = start(config(
+        &db,
+        &[
+            (SourceKind::Kraken, &kraken),
+            (SourceKind::CoinDesk, &coindesk),
+        ],
+    ))
+    .await;
+    let mut sub = TickSubscriber::connect(feed.mqtt, "display", "btc/+").await;
+    let mut status = TickSubscriber::connect(feed.mqtt, "watcher", "pricefeed/status").await;
+
+    // Kraken down: CoinDesk's prices, exactly as it gave them.
+    let ticks: Vec<Tick> = sub.collect(4, WAIT).await.iter().map(exact_tick).collect();
+    assert_eq!(
+        prices(&ticks, Currency::USD),
+        HashSet::from(["59524.4038".to_string()])
+    );
+    assert_eq!(
+        prices(&ticks, Currency::EUR),
+        HashSet::from(["53958.5744".to_string()])
+    );
+
+    // Every source down (one failing, one serving HTML): no tick at all, and the status says so.
+    kraken.set_mode(Mode::Hang);
+    coindesk.set_mode(Mode::Html);
+    let mut saw_down = false;
+    while let Some(m) = status.next(WAIT).await {
+        if m.payload.contains(r#""state":"down""#) {
+            saw_down = true;
+            break;
+        }
+    }
+    assert!(saw_down, "the outage is announced on pricefeed/status");
+    // Drain ticks from slots sampled before the switch, then expect silence.
+    while sub
+        .next(Duration::from_millis(4 * INTERVAL_MS))
+        .await
+        .is_some()
+    {}
+    assert_eq!(
+        sub.next(Duration::from_millis(6 * INTERVAL_MS)).await,
+        None,
+        "no invented ticks"
+    );
+
+    // Recovery is automatic.
+    kraken.set_mode(Mode::Serve);
+    let ticks: Vec<Tick> = sub.collect(4, WAIT).await.iter().map(exact_tick).collect();
+    assert!(prices(&ticks, Currency::USD).contains("77726.1"));
+    feed.stop().await;
+
+    // The outage is in the store as gaps.
+    let store = HistoryStore::open(&db).unwrap();
+    let gaps = store
+        .gaps_overlapping(
+            Currency::ALL.to_vec(),
+            Timedate::from_unix_millis(0).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(gaps.iter().any(|g| g.currency == Currency::USD), "{gaps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_republishes_the_last_stored_tick_for_late_subscribers() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let first = start(config(&db, &[(SourceKind::Kraken, &kraken)])).await;
+    let mut sub = TickSubscriber::connect(first.mqtt, "display", "btc/USD").await;
+    sub.collect(2, WAIT).await;
+    first.stop().await;
+    let last = HistoryStore::open(&db)
+        .unwrap()
+        .latest(Currency::USD)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The source is now down: the only USD tick a display can get is the re-published one.
+    kraken.set_mode(Mode::Status(503));
+    let second = start(config(&db, &[(SourceKind::Kraken, &kraken)])).await;
+    // The first subscriber may connect before or after the re-publish; once it has the tick, a
+    // display connecting later must get it as a retained message.
+    let mut early = TickSubscriber::connect(second.mqtt, "early-display", "btc/USD").await;
+    assert_eq!(
+        early
+            .next(WAIT)
+            .await
+            .expect("the re-published tick")
+            .payload,
+        last.payload()
+    );
+    let mut late = TickSubscriber::connect(second.mqtt, "late-display", "btc/USD").await;
+    let m = late.next(WAIT).await.expect("the retained tick");
+    assert_eq!(m.payload, last.payload());
+    assert!(m.retain);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_broker_mode_publishes_to_mosquitto_with_the_acl() {
+    if !testkit::have("mosquitto") {
+        panic!("Debian's mosquitto is required for this test (apt-get install mosquitto)");
+    }
+    let mosquitto = Mosquitto::start().await;
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        &dir.path().join("feed.db"),
+        &[(SourceKind::Kraken, &kraken)],
+    );
+    cfg.broker = BrokerMode::External {
+        url: BrokerUrl {
+            host: "127.0.0.1".into(),
+            port: mosquitto.port,
+        },
+    };
+    cfg.publisher_password = Some(mosquitto.password.clone());
+    let feed = start(cfg).await;
+    let mut sub = TickSubscriber::connect(mosquitto.addr(), "display", "btc/#").await;
+    let ticks: Vec<Tick> = sub.collect(4, WAIT).await.iter().map(exact_tick).collect();
+    assert_eq!(
+        prices(&ticks, Currency::USD),
+        HashSet::from(["77726.1".to_string()])
+    );
+    feed.stop().await;
+    mosquitto.stop().await;
+}
+
+#[tokio::test]
+async fn an_external_broker_without_a_password_is_a_startup_error() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        &dir.path().join("feed.db"),
+        &[(SourceKind::Kraken, &kraken)],
+    );
+    cfg.broker = BrokerMode::External {
+        url: "mqtt://127.0.0.1:1".parse().unwrap(),
+    };
+    let err = Feed::build(cfg).await.err().expect("must fail");
+    assert!(err.to_string().contains("--broker-password"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_busy_http_port_is_a_startup_error_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        &dir.path().join("feed.db"),
+        &[(SourceKind::Kraken, &kraken)],
+    );
+    cfg.http_listen = taken.local_addr().unwrap();
+    let err = Feed::build(cfg).await.err().expect("must fail");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot listen for HTTP on {}", taken.local_addr().unwrap())
+    );
+}

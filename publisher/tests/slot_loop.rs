@@ -1,0 +1,405 @@
+//! The slot loop under tokio's paused time: the grid, slow and silent sources, and gaps.
+//!
+//! Sources here are scripted (see `Sampler`), since real sockets and an auto-advancing paused clock
+//! race each other; the real sources over real HTTP are exercised in `feed.rs` and in the
+//! price-sources crate.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use history_api::Metrics;
+use price_sources::{Quote, Sample, SourceKind};
+use publisher::clock::WallClock;
+use publisher::feed::{FeedStatus, Sampler, SlotLoop, TickSink};
+use ticks::{Currency, Gap, GapReason, HistoryStore, Interval, Tick, Timedate};
+use tokio_util::sync::CancellationToken;
+
+fn t(s: &str) -> Timedate {
+    s.parse().unwrap()
+}
+
+#[derive(Default)]
+struct Recorder {
+    ticks: Mutex<Vec<Tick>>,
+    statuses: Mutex<Vec<FeedStatus>>,
+}
+
+impl TickSink for Recorder {
+    fn publish_tick(&self, tick: &Tick) {
+        self.ticks.lock().unwrap().push(*tick);
+    }
+    fn publish_status(&self, status: &FeedStatus) {
+        self.statuses.lock().unwrap().push(status.clone());
+    }
+}
+
+/// One slot's behaviour of the scripted source.
+#[derive(Clone)]
+struct Step {
+    /// How long the source takes to answer.
+    delay: Duration,
+    /// What it answers (nothing = every source failed).
+    prices: Vec<(Currency, &'static str)>,
+    /// A well-behaved chain gives up at the deadline; a stuck one does not.
+    honours_deadline: bool,
+}
+
+fn answer(prices: &[(Currency, &'static str)]) -> Step {
+    Step {
+        delay: Duration::from_millis(150),
+        prices: prices.to_vec(),
+        honours_deadline: true,
+    }
+}
+
+struct Scripted {
+    clock: WallClock,
+    steps: Mutex<VecDeque<Step>>,
+    /// The wall-clock time at which each sample started.
+    calls: Mutex<Vec<Timedate>>,
+}
+
+impl Sampler for Scripted {
+    async fn sample(&self, wanted: &[Currency], deadline: tokio::time::Instant) -> Sample {
+        self.calls.lock().unwrap().push(self.clock.now());
+        let step = self
+            .steps
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| answer(&[(Currency::USD, "1"), (Currency::EUR, "1")]));
+        let work = tokio::time::sleep(step.delay);
+        if step.honours_deadline {
+            if tokio::time::timeout_at(deadline, work).await.is_err() {
+                return Sample {
+                    quotes: vec![],
+                    failures: vec![],
+                };
+            }
+        } else {
+            work.await;
+        }
+        Sample {
+            quotes: step
+                .prices
+                .iter()
+                .filter(|(c, _)| wanted.contains(c))
+                .map(|(c, p)| Quote {
+                    currency: *c,
+                    price: p.parse().unwrap(),
+                    source: SourceKind::Kraken,
+                })
+                .collect(),
+            failures: vec![],
+        }
+    }
+
+    fn uses_demo(&self) -> bool {
+        false
+    }
+}
+
+struct Run {
+    store: HistoryStore,
+    recorder: Arc<Recorder>,
+    calls: Vec<Timedate>,
+}
+
+/// Runs the loop from `start` for `run_for` of (paused) time with the scripted steps.
+async fn run(start: &str, run_for: Duration, steps: Vec<Step>, store: HistoryStore) -> Run {
+    let clock = WallClock::anchored(t(start));
+    let recorder = Arc::new(Recorder::default());
+    let sampler = Arc::new(Scripted {
+        clock: clock.clone(),
+        steps: Mutex::new(steps.into()),
+        calls: Mutex::new(vec![]),
+    });
+    let slots = SlotLoop {
+        interval: Interval::DEFAULT,
+        currencies: Currency::ALL.to_vec(),
+        chain: SharedSampler(sampler.clone()),
+        store: store.clone(),
+        sink: recorder.clone(),
+        metrics: Arc::new(Metrics::new()),
+        clock,
+    };
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(run_for).await;
+        stop.cancel();
+    });
+    slots.run(shutdown).await;
+    let calls = sampler.calls.lock().unwrap().clone();
+    Run {
+        store,
+        recorder,
+        calls,
+    }
+}
+
+struct SharedSampler(Arc<Scripted>);
+
+impl Sampler for SharedSampler {
+    async fn sample(&self, wanted: &[Currency], deadline: tokio::time::Instant) -> Sample {
+        self.0.sample(wanted, deadline).await
+    }
+    fn uses_demo(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ticks_fall_on_the_wall_clock_grid_one_per_slot_per_currency() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let r = run(
+        "2026-11-24T01:40:02.300Z",
+        Duration::from_millis(18_100), // until 01:40:20.400
+        vec![
+            answer(&[(Currency::USD, "97001.5"), (Currency::EUR, "89000.25")]),
+            answer(&[(Currency::USD, "97002"), (Currency::EUR, "89001")]),
+            answer(&[(Currency::USD, "97003.10"), (Currency::EUR, "89002")]),
+            answer(&[(Currency::USD, "97004"), (Currency::EUR, "89003")]),
+        ],
+        store,
+    )
+    .await;
+    assert_eq!(
+        r.calls,
+        vec![
+            t("2026-11-24T01:40:05Z"),
+            t("2026-11-24T01:40:10Z"),
+            t("2026-11-24T01:40:15Z"),
+            t("2026-11-24T01:40:20Z")
+        ],
+        "sampling starts exactly on the grid"
+    );
+    let lines: Vec<String> = r
+        .recorder
+        .ticks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Tick::line)
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            r#"btc/USD {"timedate":"2026-11-24T01:40:05Z","price":97001.5}"#,
+            r#"btc/EUR {"timedate":"2026-11-24T01:40:05Z","price":89000.25}"#,
+            r#"btc/USD {"timedate":"2026-11-24T01:40:10Z","price":97002}"#,
+            r#"btc/EUR {"timedate":"2026-11-24T01:40:10Z","price":89001}"#,
+            r#"btc/USD {"timedate":"2026-11-24T01:40:15Z","price":97003.1}"#,
+            r#"btc/EUR {"timedate":"2026-11-24T01:40:15Z","price":89002}"#,
+            r#"btc/USD {"timedate":"2026-11-24T01:40:20Z","price":97004}"#,
+            r#"btc/EUR {"timedate":"2026-11-24T01:40:20Z","price":89003}"#,
+        ]
+    );
+    // Every published tick is in the store.
+    let stored = r
+        .store
+        .ticks_since(Currency::USD, t("2026-11-24T01:40:00Z"), 100)
+        .await
+        .unwrap();
+    let published_usd: Vec<Tick> = r
+        .recorder
+        .ticks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.currency == Currency::USD)
+        .copied()
+        .collect();
+    assert_eq!(stored, published_usd);
+    let statuses = r.recorder.statuses.lock().unwrap();
+    assert_eq!(statuses.len(), 1, "a steady feed announces its state once");
+    assert_eq!(statuses[0].state, "live");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_slower_than_the_interval_neither_shifts_the_grid_nor_invents_a_price() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let slow = Step {
+        delay: Duration::from_secs(7),
+        prices: vec![(Currency::USD, "1"), (Currency::EUR, "1")],
+        honours_deadline: true,
+    };
+    let r = run(
+        "2026-11-24T01:40:04Z",
+        Duration::from_millis(20_500), // until 01:40:24.500
+        vec![
+            answer(&[(Currency::USD, "97001.5"), (Currency::EUR, "89000")]),
+            slow.clone(),
+            slow,
+            // Late within the slot, still on time: the tick is stamped with the slot, not the reply.
+            Step {
+                delay: Duration::from_millis(3_900),
+                ..answer(&[(Currency::USD, "97100"), (Currency::EUR, "89100")])
+            },
+        ],
+        store,
+    )
+    .await;
+    assert_eq!(
+        r.calls,
+        vec![
+            t("2026-11-24T01:40:05Z"),
+            t("2026-11-24T01:40:10Z"),
+            t("2026-11-24T01:40:15Z"),
+            t("2026-11-24T01:40:20Z")
+        ]
+    );
+    let timedates: Vec<String> = r
+        .recorder
+        .ticks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{} {}", t.currency, t.timedate))
+        .collect();
+    assert_eq!(
+        timedates,
+        vec![
+            "USD 2026-11-24T01:40:05Z",
+            "EUR 2026-11-24T01:40:05Z",
+            "USD 2026-11-24T01:40:20Z",
+            "EUR 2026-11-24T01:40:20Z"
+        ]
+    );
+    let gaps = r
+        .store
+        .gaps_overlapping(Currency::ALL.to_vec(), t("2026-11-24T01:40:00Z"), None)
+        .await
+        .unwrap();
+    let expected = |currency| Gap {
+        currency,
+        from: t("2026-11-24T01:40:10Z"),
+        until: t("2026-11-24T01:40:20Z"),
+        reason: GapReason::SourcesUnavailable,
+    };
+    assert_eq!(gaps, vec![expected(Currency::USD), expected(Currency::EUR)]);
+    let states: Vec<&str> = r
+        .recorder
+        .statuses
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(
+        states,
+        vec!["live", "down", "live"],
+        "outages are announced, and recoveries"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_currency_without_a_price_is_a_gap_while_the_other_ticks() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let r = run(
+        "2026-11-24T01:40:04Z",
+        Duration::from_millis(6_500),
+        vec![
+            answer(&[(Currency::USD, "97001.5")]),
+            answer(&[(Currency::USD, "97001.5")]),
+        ],
+        store,
+    )
+    .await;
+    assert_eq!(r.recorder.ticks.lock().unwrap().len(), 2);
+    let gaps = r
+        .store
+        .gaps_overlapping(vec![Currency::EUR], t("2026-11-24T01:40:00Z"), None)
+        .await
+        .unwrap();
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(
+        (gaps[0].from, gaps[0].until),
+        (t("2026-11-24T01:40:05Z"), t("2026-11-24T01:40:15Z"))
+    );
+    let statuses = r.recorder.statuses.lock().unwrap();
+    assert_eq!(statuses[0].state, "degraded");
+    assert_eq!(
+        statuses[0].missing_since.get(&Currency::EUR),
+        Some(&t("2026-11-24T01:40:05Z"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn falling_behind_records_the_skipped_slots_and_rejoins_the_grid() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let stuck = Step {
+        delay: Duration::from_millis(12_000),
+        prices: vec![],
+        honours_deadline: false,
+    };
+    let r = run(
+        "2026-11-24T01:40:04Z",
+        Duration::from_millis(16_500),
+        vec![stuck],
+        store,
+    )
+    .await;
+    assert_eq!(
+        r.calls,
+        vec![t("2026-11-24T01:40:05Z"), t("2026-11-24T01:40:20Z")]
+    );
+    let gaps = r
+        .store
+        .gaps_overlapping(vec![Currency::USD], t("2026-11-24T01:40:00Z"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        gaps,
+        vec![
+            Gap {
+                currency: Currency::USD,
+                from: t("2026-11-24T01:40:05Z"),
+                until: t("2026-11-24T01:40:10Z"),
+                reason: GapReason::SourcesUnavailable
+            },
+            Gap {
+                currency: Currency::USD,
+                from: t("2026-11-24T01:40:10Z"),
+                until: t("2026-11-24T01:40:20Z"),
+                reason: GapReason::PublisherDown
+            },
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn downtime_before_a_restart_is_recorded_as_a_gap() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    store
+        .insert_tick(Tick {
+            currency: Currency::USD,
+            timedate: t("2026-11-24T01:39:00Z"),
+            price: "97000".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+    let r = run(
+        "2026-11-24T01:40:04Z",
+        Duration::from_millis(1_500),
+        vec![],
+        store,
+    )
+    .await;
+    let gaps = r
+        .store
+        .gaps_overlapping(Currency::ALL.to_vec(), t("2026-11-24T00:00:00Z"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        gaps,
+        vec![Gap {
+            currency: Currency::USD,
+            from: t("2026-11-24T01:39:05Z"),
+            until: t("2026-11-24T01:40:05Z"),
+            reason: GapReason::PublisherDown
+        }],
+        "EUR had no tick before, so no downtime is claimed for it"
+    );
+}

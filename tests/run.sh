@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, installing first what the end-to-end tests use as real
+# third-party parts: Debian's Mosquitto (broker, mosquitto_sub, mosquitto_pub, mosquitto_passwd)
+# and curl, and the Python MQTT client paho-mqtt from PyPI. Nothing here reaches the internet at test
+# time: price APIs are served from tests/fixtures by a local server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_passwd:mosquitto curl:curl; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing ${missing[*]} from Debian's packages" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+    echo "installing paho-mqtt from PyPI" >&2
+    python3 -m pip install -q 'paho-mqtt==2.1.0'
+fi
+
+exec cargo test --workspace --locked "$@"
