@@ -239,13 +239,16 @@ impl Follower {
             Err(_) => return Ok(SessionEnd::Lost("no SUBACK within 10 s".into())),
         }
         self.subscribed_once = true;
-        if first && self.config.since.is_none() {
+        let replay = if first && self.config.since.is_none() {
             // Nothing to replay; remember where we started, so a later reconnect backfills from here.
             self.resume_from = Some(Timedate::now());
-        }
+            None
+        } else {
+            self.backfill_start()
+        };
 
         // Backfill while still polling, so live ticks keep arriving into the buffer.
-        if let Some(from) = self.backfill_start() {
+        if let Some(from) = replay {
             let wanted = self.config.currencies.clone();
             let history = self.history.clone();
             let fetch = history.fetch(&wanted, from);

@@ -105,6 +105,29 @@ async fn mosquitto_sub_sees_exact_ticks_retained_ticks_and_a_clean_sigterm() {
         "the retained price is still ours: {after:?}"
     );
 
+    // Operators see it: readiness, and metrics counting what was published.
+    let (_, ready, _) = run_command(
+        "curl",
+        &["-sS", &format!("http://{}/readyz", feed.http)],
+        WAIT,
+    )
+    .await;
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["broker"], "connected");
+    let (_, metrics, _) = run_command(
+        "curl",
+        &["-sS", &format!("http://{}/metrics", feed.http)],
+        WAIT,
+    )
+    .await;
+    let published = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"pricefeed_ticks_published_total{currency="USD"}"#))
+        .unwrap_or_else(|| panic!("no USD counter in {metrics}"));
+    let count: f64 = published.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{published}");
+
     let status = feed.process.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
