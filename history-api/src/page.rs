@@ -98,7 +98,7 @@ pub(crate) async fn ticks(
 
     let returned_count: usize = taken.iter().sum();
     let mut bytes = Vec::with_capacity(512 + 64 * returned_count);
-    serde_json::to_writer(&mut bytes, &body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    write_page(&mut bytes, &body).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
@@ -134,7 +134,6 @@ fn cut(lists: &[Vec<Tick>], limit: usize) -> (Vec<usize>, Option<PageKey>) {
     (taken, next)
 }
 
-#[derive(Serialize)]
 struct PageBody<'a> {
     since: Timedate,
     currencies: &'a [Currency],
@@ -161,13 +160,55 @@ impl<T: Serialize> Serialize for ByCurrency<'_, T> {
     }
 }
 
-/// Ticks as their wire objects, the exact MQTT payloads, without collecting them first.
+/// One currency's ticks of the page.
 struct WireTicks<'a>(&'a [Tick]);
 
-impl Serialize for WireTicks<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(Tick::wire))
+/// Writes the page. The envelope's fields go through serde; each tick is written by
+/// `Tick::write_wire`, the MQTT payload writer, so the bytes are the payload's by construction and
+/// a page of thousands of ticks costs no per-field serde work.
+fn write_page(out: &mut Vec<u8>, body: &PageBody<'_>) -> serde_json::Result<()> {
+    let field = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    out.extend_from_slice(b"{\"since\":");
+    serde_json::to_writer(&mut *out, &body.since)?;
+    field(out, "currencies");
+    serde_json::to_writer(&mut *out, body.currencies)?;
+    field(out, "ticks");
+    out.push(b'{');
+    for (i, (currency, ticks)) in body.ticks.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, currency.code())?;
+        out.extend_from_slice(b":[");
+        for (j, tick) in ticks.0.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            tick.write_wire(out);
+        }
+        out.push(b']');
     }
+    out.push(b'}');
+    field(out, "gaps");
+    serde_json::to_writer(&mut *out, body.gaps)?;
+    field(out, "earliest");
+    serde_json::to_writer(&mut *out, &body.earliest)?;
+    field(out, "since_before_earliest");
+    serde_json::to_writer(&mut *out, &body.since_before_earliest)?;
+    field(out, "latest");
+    serde_json::to_writer(&mut *out, &body.latest)?;
+    field(out, "interval");
+    serde_json::to_writer(&mut *out, body.interval)?;
+    field(out, "demo");
+    serde_json::to_writer(&mut *out, &body.demo)?;
+    field(out, "next_cursor");
+    serde_json::to_writer(&mut *out, &body.next_cursor)?;
+    out.push(b'}');
+    Ok(())
 }
 
 #[cfg(test)]

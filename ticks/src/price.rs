@@ -39,6 +39,33 @@ impl Price {
         self.mantissa as f64 / 10f64.powi(i32::from(self.scale))
     }
 
+    /// Appends the decimal text (what [`Display`](fmt::Display) prints) without allocating.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        let mut digits = [0u8; 20];
+        let mut n = self.mantissa;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let scale = usize::from(self.scale);
+        // Leading zeros so there is at least one digit before the point ("0.005").
+        while len <= scale {
+            digits[len] = b'0';
+            len += 1;
+        }
+        for i in (0..len).rev() {
+            out.push(digits[i]);
+            if i == scale && scale > 0 {
+                out.push(b'.');
+            }
+        }
+    }
+
     /// Builds a price from a mantissa and a count of fraction digits (`(970015, 1)` is `97001.5`).
     pub fn from_parts(mantissa: u64, scale: u8) -> Result<Price, PriceError> {
         format_parts(mantissa, scale).parse()
@@ -256,6 +283,39 @@ mod tests {
         assert_eq!(Price::from_parts(970015, 1).unwrap(), p("97001.5"));
         assert_eq!(Price::from_parts(5, 3).unwrap().to_string(), "0.005");
         assert!(Price::from_parts(0, 2).is_err());
+    }
+
+    #[test]
+    fn the_fast_writer_prints_what_display_prints() {
+        let mut rng_state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            rng_state
+        };
+        let mut cases: Vec<Price> = [
+            "97001.5",
+            "1",
+            "0.005",
+            "10",
+            "100.01",
+            "0.000123",
+            "999999999999999999",
+        ]
+        .iter()
+        .map(|s| p(s))
+        .collect();
+        for _ in 0..10_000 {
+            let mantissa = next() % 1_000_000_000_000 + 1;
+            let scale = (next() % 10) as u8;
+            cases.push(Price::from_parts(mantissa, scale).unwrap());
+        }
+        for price in cases {
+            let mut out = Vec::new();
+            price.write_to(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), price.to_string());
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A UTC instant with millisecond resolution, printed as RFC 3339 with `Z`: whole seconds when it
@@ -102,14 +102,64 @@ impl Timedate {
     }
 }
 
+impl Timedate {
+    /// Appends the RFC 3339 text (what [`Display`](fmt::Display) prints) without allocating.
+    /// History answers print thousands of these, so this avoids chrono's general formatter.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        let ms = self.0;
+        let days = ms.div_euclid(86_400_000);
+        let in_day = ms.rem_euclid(86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        let (h, m, s, milli) = (
+            in_day / 3_600_000,
+            in_day / 60_000 % 60,
+            in_day / 1000 % 60,
+            in_day % 1000,
+        );
+        let two = |out: &mut Vec<u8>, v: i64| {
+            out.push(b'0' + (v / 10) as u8);
+            out.push(b'0' + (v % 10) as u8);
+        };
+        two(out, year / 100);
+        two(out, year % 100);
+        out.push(b'-');
+        two(out, month);
+        out.push(b'-');
+        two(out, day);
+        out.push(b'T');
+        two(out, h);
+        out.push(b':');
+        two(out, m);
+        out.push(b':');
+        two(out, s);
+        if milli != 0 {
+            out.push(b'.');
+            out.push(b'0' + (milli / 100) as u8);
+            two(out, milli % 100);
+        }
+        out.push(b'Z');
+    }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 impl fmt::Display for Timedate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let format = if self.0 % 1000 == 0 {
-            SecondsFormat::Secs
-        } else {
-            SecondsFormat::Millis
-        };
-        f.write_str(&self.to_datetime().to_rfc3339_opts(format, true))
+        let mut out = Vec::with_capacity(24);
+        self.write_to(&mut out);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -240,6 +290,40 @@ mod tests {
         );
         assert_eq!(t("1764027605").to_string(), "2025-11-24T23:40:05Z");
         assert_eq!(t("1764027605.25").to_string(), "2025-11-24T23:40:05.250Z");
+    }
+
+    #[test]
+    fn the_fast_writer_agrees_with_chrono_across_the_range() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut ms_values = vec![
+            0,
+            1,
+            999,
+            1000,
+            86_399_999,
+            951_782_400_000,
+            4_107_542_400_000,
+            MAX_MS,
+        ];
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ms_values.push((state % (MAX_MS as u64)) as i64);
+        }
+        for ms in ms_values {
+            let t = Timedate::from_unix_millis(ms).unwrap();
+            let format = if ms % 1000 == 0 {
+                chrono::SecondsFormat::Secs
+            } else {
+                chrono::SecondsFormat::Millis
+            };
+            assert_eq!(
+                t.to_string(),
+                t.to_datetime().to_rfc3339_opts(format, true),
+                "{ms}"
+            );
+        }
     }
 
     #[test]

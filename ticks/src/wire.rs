@@ -47,9 +47,21 @@ impl Tick {
         }
     }
 
+    /// Appends the exact JSON object of this tick: `{"timedate":"…","price":…}`. The MQTT payload
+    /// and every tick in a history answer are written by this.
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"timedate":""#);
+        self.timedate.write_to(out);
+        out.extend_from_slice(br#"","price":"#);
+        self.price.write_to(out);
+        out.push(b'}');
+    }
+
     /// The exact MQTT payload: `{"timedate":"…","price":…}`.
     pub fn payload(&self) -> String {
-        serde_json::to_string(&self.wire()).expect("a tick always serializes")
+        let mut out = Vec::with_capacity(64);
+        self.write_wire(&mut out);
+        String::from_utf8(out).expect("the wire format is ASCII")
     }
 
     /// Reads a tick from an MQTT message.
@@ -91,6 +103,22 @@ mod tests {
         );
         let back = Tick::from_message("btc/USD", tick.payload().as_bytes()).unwrap();
         assert_eq!(back, tick);
+    }
+
+    #[test]
+    fn the_serde_form_and_the_payload_writer_agree() {
+        for (t, p) in [
+            ("2026-11-24T01:40:05Z", "97001.5"),
+            ("2026-11-24T01:40:05.250Z", "0.005"),
+            ("1970-01-01T00:00:00Z", "1"),
+        ] {
+            let tick = Tick {
+                currency: Currency::EUR,
+                timedate: t.parse().unwrap(),
+                price: p.parse().unwrap(),
+            };
+            assert_eq!(serde_json::to_string(&tick.wire()).unwrap(), tick.payload());
+        }
     }
 
     #[test]
