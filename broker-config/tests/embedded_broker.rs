@@ -387,3 +387,51 @@ fn an_address_in_use_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn garbage_bytes_and_half_open_connections_do_not_disturb_the_feed() {
+    use tokio::io::AsyncWriteExt;
+    let (broker, creds) = start(100);
+    let addr = broker.local_addr();
+    let publisher = publisher(addr, &creds).await;
+    publisher
+        .client
+        .publish("btc/USD", QoS::AtLeastOnce, true, "genuine")
+        .await
+        .unwrap();
+    let mut watcher = connect(addr, "watcher", None).await.unwrap();
+    watcher.subscribe("btc/#").await;
+    assert_eq!(watcher.next_publish(WAIT).await.unwrap().1, "genuine");
+
+    let mut state = 0x853c_49e6_748f_ea9b_u64;
+    let mut idle = Vec::new();
+    for round in 0..50 {
+        let mut junk = vec![0u8; 1 + round * 97 % 4096];
+        for b in junk.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        // Every fifth starts like a CONNECT with an absurd remaining length.
+        if round % 5 == 0 {
+            junk[0] = 0x10;
+            junk.splice(1..1, [0xff, 0xff, 0xff, 0x7f]);
+        }
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(&junk).await;
+        if round % 10 == 0 {
+            idle.push(s); // left open, saying nothing more
+        }
+    }
+    publisher
+        .client
+        .publish("btc/USD", QoS::AtLeastOnce, true, "after")
+        .await
+        .unwrap();
+    assert_eq!(watcher.next_publish(WAIT).await.unwrap().1, "after");
+    let mut late = connect(addr, "late", None).await.unwrap();
+    late.subscribe("btc/USD").await;
+    assert_eq!(late.next_publish(WAIT).await.unwrap().1, "after");
+    drop(idle);
+}
