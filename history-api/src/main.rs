@@ -22,11 +22,12 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     http_listen: String,
 
-    /// The publish interval of the feed (the slot length), as reported in answers.
+    /// The publish interval of the feed, as reported in answers, if the store does not record it
+    /// (a publisher records its interval and demo flag in the store, and those win).
     #[arg(long, env = "PRICEFEED_INTERVAL", default_value = "5s")]
     interval: Interval,
 
-    /// The feed runs on the demo price source: say so in every answer.
+    /// The feed runs on the demo price source, if the store does not record it.
     #[arg(long, env = "PRICEFEED_DEMO")]
     demo: bool,
 
@@ -53,7 +54,21 @@ fn startup(error: anyhow::Error) -> Fatal {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line saying what to fix; clap's usage hints are one `--help` away.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!("history-api: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     install_tracing(cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,19 +86,29 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
         .await
         .with_context(|| format!("cannot listen on {}", cli.http_listen))
         .map_err(startup)?;
+    // A typo in --db must not become a server answering "no ticks" from a new, empty file.
     if !cli.db.exists() {
-        tracing::warn!(db = %cli.db.display(), "no store there yet: starting with an empty one");
+        return Err(startup(anyhow::anyhow!(
+            "no store at {} (the file pricefeed --db writes)",
+            cli.db.display()
+        )));
     }
     // StoreError::Open already names the file.
     let store = HistoryStore::open(&cli.db)
         .map_err(anyhow::Error::from)
         .map_err(startup)?;
+    // The publisher records its interval and whether it runs on demo data; that beats our flags.
+    let (interval, demo) = match store.feed_info().await {
+        Ok(Some(info)) => (info.interval, info.demo),
+        Ok(None) => (cli.interval, cli.demo),
+        Err(e) => return Err(startup(e.into())),
+    };
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::new()),
         broker_connected: None,
-        interval: cli.interval,
-        demo: cli.demo,
+        interval,
+        demo,
     };
     history_api::serve(listener, state, history_api::shutdown_signal())
         .await

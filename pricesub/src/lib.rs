@@ -394,11 +394,13 @@ impl Follower {
     async fn emit(&mut self, event: FeedEvent) -> bool {
         match &event {
             FeedEvent::Tick(tick) => {
-                if self
+                let already = self
                     .last
                     .get(&tick.currency)
-                    .is_some_and(|last| tick.timedate <= *last)
-                {
+                    .is_some_and(|last| tick.timedate <= *last);
+                // Live and retained ticks older than the asked-for `since` are not part of the answer.
+                let too_early = self.config.since.is_some_and(|since| tick.timedate < since);
+                if already || too_early {
                     return true;
                 }
                 self.last.insert(tick.currency, tick.timedate);

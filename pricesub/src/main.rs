@@ -84,6 +84,9 @@ fn parse_broker(s: &str) -> Result<(String, u16), String> {
 }
 
 fn config(cli: &Cli) -> Result<SubscriberConfig, String> {
+    if cli.history_timeout.is_zero() {
+        return Err("--history-timeout must be more than 0".into());
+    }
     let brokers = cli
         .broker
         .iter()
@@ -141,12 +144,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
             }
             Some(Ok(FeedEvent::Tick(tick))) => {
-                // A closed stdout (`pricesub | head -3`) is the reader saying "enough": exit quietly.
-                if writeln!(stdout, "{}", tick.line())
-                    .and_then(|()| stdout.flush())
-                    .is_err()
-                {
-                    return Ok(());
+                match writeln!(stdout, "{}", tick.line()).and_then(|()| stdout.flush()) {
+                    Ok(()) => {}
+                    // A closed stdout (`pricesub | head -3`) is the reader saying "enough".
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    Err(e) => return Err(format!("cannot write the ticks: {e}")),
                 }
                 printed += 1;
                 if cli.count.is_some_and(|n| printed >= n) {
@@ -158,7 +160,21 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line saying what to fix; clap's usage hints are one `--help` away.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!("pricesub: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

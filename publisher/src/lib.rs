@@ -81,8 +81,20 @@ impl Feed {
     /// Opens the store, starts the embedded broker (if any) and binds the HTTP listener, so that
     /// every configuration and port problem surfaces here, before the first tick.
     pub async fn build(config: Config) -> anyhow::Result<Feed> {
-        let store = HistoryStore::open(&config.db)
-            .with_context(|| format!("cannot open the tick store {}", config.db.display()))?;
+        let store = HistoryStore::open(&config.db)?;
+        store
+            .set_feed_info(ticks::FeedInfo {
+                interval: config.interval,
+                demo: config.sources.iter().any(|s| s.kind.is_demo()),
+            })
+            .await?;
+        if config.sources.len() > 1 && config.sources.iter().any(|s| s.kind.is_demo()) {
+            // A random walk filling in for a real outage would be an invented price labelled live.
+            anyhow::bail!("--source demo cannot be combined with real sources");
+        }
+        if config.request_timeout.is_zero() {
+            anyhow::bail!("--request-timeout must be more than 0");
+        }
         let chain = SourceChain::new(config.sources.clone(), config.request_timeout)
             .context("invalid price source configuration")?;
         let credentials = match (&config.broker, &config.publisher_password) {
@@ -172,7 +184,9 @@ impl Feed {
         let link = Arc::new(MqttLink::start(
             &broker_url,
             &credentials,
-            &format!("pricefeed-publisher-{}", std::process::id()),
+            // Unguessable: an anonymous client connecting with the publisher's client id would take
+            // its session over and knock it off the broker, over and over.
+            &format!("pricefeed-publisher-{:016x}", fastrand::u64(..)),
             ticks::STATUS_TOPIC,
             offline.to_json(),
             link_stop.clone(),

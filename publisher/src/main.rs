@@ -187,7 +187,21 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line saying what to fix; clap's usage hints are one `--help` away.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!("pricefeed: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

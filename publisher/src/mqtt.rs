@@ -149,6 +149,9 @@ async fn drive(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut disconnecting = false;
+    // Failed attempts since the last CONNACK: the first and every 20th (about every 100 s at the
+    // capped backoff) are logged, so an unreachable broker is visible without flooding the log.
+    let mut failures: u64 = 0;
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
@@ -162,6 +165,7 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
                 connected.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
+                failures = 0;
                 tracing::info!(broker = %url, "connected to the MQTT broker");
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -174,15 +178,26 @@ async fn drive(
                 if disconnecting {
                     return;
                 }
+                failures += 1;
+                let loud = failures == 1 || failures.is_multiple_of(20);
                 match &e {
-                    rumqttc::ConnectionError::ConnectionRefused(code) => tracing::error!(
+                    rumqttc::ConnectionError::ConnectionRefused(
+                        code @ (ConnectReturnCode::BadUserNamePassword
+                        | ConnectReturnCode::NotAuthorized),
+                    ) if loud => tracing::error!(
                         broker = %url,
                         code = ?code,
-                        "the broker refused the publisher's connection (check --broker-password and the broker's ACL)"
+                        "the broker refused the publisher's credentials (check --broker-password and the broker's ACL); ticks are stored but not published"
                     ),
                     _ if was_connected => {
                         tracing::warn!(broker = %url, error = %e, "lost the MQTT broker; reconnecting")
                     }
+                    _ if loud => tracing::warn!(
+                        broker = %url,
+                        error = %e,
+                        attempts = failures,
+                        "cannot reach the MQTT broker; ticks are stored but not published until it answers"
+                    ),
                     _ => tracing::debug!(broker = %url, error = %e, "MQTT broker unreachable"),
                 }
                 let jitter = backoff.mul_f64(fastrand::f64() * 0.5);

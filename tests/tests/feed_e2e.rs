@@ -220,17 +220,74 @@ async fn bad_configuration_is_one_line_naming_what_to_fix() {
             ],
             "--broker-password",
         ),
+        (vec!["--source", "kraken,demo"], "demo cannot be combined"),
+        (vec!["--request-timeout", "0s"], "more than 0"),
+        (
+            vec![
+                "--db",
+                "/nonexistent-dir/feed.db",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
+            "/nonexistent-dir/feed.db",
+        ),
     ] {
-        let mut all = vec!["--db", db];
-        all.extend(args.iter().copied());
+        let mut all = args.clone();
+        if !all.contains(&"--db") {
+            all.extend(["--db", db]);
+        }
         let (status, _, stderr) = run_command(bin, &all, WAIT).await;
         assert_eq!(status.code(), Some(2), "{args:?} exits with 2: {stderr}");
-        let last = stderr.trim_end().lines().last().unwrap_or_default();
+        // Logs may precede it; the error itself is one line, prefixed with the program's name.
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("pricefeed: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: one error line in {stderr:?}");
         assert!(
-            stderr.contains(needle),
+            errors[0].contains(needle),
             "{args:?}: {needle:?} not in {stderr:?}"
         );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        assert!(!last.is_empty());
     }
+}
+
+#[tokio::test]
+async fn standalone_history_reports_the_feeds_interval_and_demo_and_refuses_a_missing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let feed = FeedProcess::start(&db, &["--source", "demo", "--interval", "250ms"]).await;
+    assert!(feed.process.terminate(WAIT).await.success());
+
+    let history = Process::spawn(
+        "history-api",
+        &["--db", db.to_str().unwrap(), "--http-listen", "127.0.0.1:0"],
+    );
+    let line = history.wait_for_log("history API listening", WAIT).await;
+    let addr = log_field(&line, "address").unwrap();
+    let url = format!("http://{addr}/v1/ticks?since=0&limit=1");
+    let (_, body, _) = run_command("curl", &["-sS", &url], WAIT).await;
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["interval"], "250ms", "{body}");
+    assert_eq!(page["demo"], true, "{body}");
+    assert!(history.terminate(WAIT).await.success());
+
+    let missing = dir.path().join("typo.db");
+    let bin = testkit::binary("history-api");
+    let (status, _, stderr) = run_command(
+        bin.to_str().unwrap(),
+        &[
+            "--db",
+            missing.to_str().unwrap(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no store at"), "{stderr}");
+    assert!(!missing.exists(), "no empty store was created");
 }

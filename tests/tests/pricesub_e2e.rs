@@ -198,6 +198,45 @@ async fn count_head_and_bad_input_end_cleanly() {
     assert_eq!(stdout.lines().count(), 3);
     assert!(!stderr.contains("panicked"), "{stderr}");
 
+    // A write error other than a closed pipe is an error, not a silent success.
+    let (status, _, stderr) = run_command(
+        "bash",
+        &[
+            "-c",
+            &format!("{bin} --broker {broker} --history {history} --since 1m -C 2 > /dev/full"),
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot write the ticks"), "{stderr}");
+
+    // A since in the future prints nothing older than it.
+    let future = Timedate::now().saturating_add(Duration::from_secs(2));
+    let future_arg = future.to_string();
+    let (status, stdout, stderr) = run_command(
+        bin,
+        &[
+            "--broker",
+            &broker,
+            "--history",
+            &history,
+            "--since",
+            &future_arg,
+            "-C",
+            "2",
+        ],
+        WAIT,
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 2);
+    for line in stdout.lines() {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        let tick = Tick::from_message(topic, payload.as_bytes()).unwrap();
+        assert!(tick.timedate >= future, "{line} is before --since {future}");
+    }
+
     for (args, needle) in [
         (vec!["--since", "garbage"], "--since \"garbage\""),
         (vec!["--currency", "GBP"], "GBP"),

@@ -43,6 +43,12 @@ const MIGRATIONS: &[&str] = &[
          reason   TEXT    NOT NULL,
          PRIMARY KEY (currency, start_ts)
      ) WITHOUT ROWID;",
+    // 2: what the publisher writes with (interval, demo), so a separate history server reports
+    // the feed as it is, not as its own flags say.
+    "CREATE TABLE feed_info (
+         key   TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// Why the store could not do what was asked.
@@ -105,6 +111,14 @@ impl GapReason {
         .into_iter()
         .find(|r| r.as_str() == s)
     }
+}
+
+/// How the feed writing a store runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedInfo {
+    pub interval: Interval,
+    /// Prices come from the demo random walk.
+    pub demo: bool,
 }
 
 /// Slots `[from, until)` of one currency that have no tick.
@@ -316,6 +330,53 @@ impl HistoryStore {
     pub async fn bounds(&self, currency: Currency) -> Result<Option<(Tick, Tick)>, StoreError> {
         self.blocking(move |s| s.read_blocking(|c| bounds(c, currency)))
             .await
+    }
+
+    /// Records how the publisher writing this store runs.
+    pub async fn set_feed_info(&self, info: FeedInfo) -> Result<(), StoreError> {
+        self.blocking(move |s| {
+            s.write_blocking(|tx| {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO feed_info (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?;
+                stmt.execute(params![
+                    "interval_ms",
+                    info.interval.as_millis().to_string()
+                ])?;
+                stmt.execute(params!["demo", if info.demo { "1" } else { "0" }])?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// How the publisher writing this store runs, if one ever did.
+    pub async fn feed_info(&self) -> Result<Option<FeedInfo>, StoreError> {
+        self.blocking(|s| {
+            s.read_blocking(|c| {
+                let get = |key: &str| -> Result<Option<String>, StoreError> {
+                    Ok(
+                        c.prepare_cached("SELECT value FROM feed_info WHERE key = ?1")?
+                            .query_row(params![key], |r| r.get(0))
+                            .optional()?,
+                    )
+                };
+                let (Some(interval), Some(demo)) = (get("interval_ms")?, get("demo")?) else {
+                    return Ok(None);
+                };
+                let interval = interval
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|ms| Interval::new(Duration::from_millis(ms)).ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("feed interval {interval:?}")))?;
+                Ok(Some(FeedInfo {
+                    interval,
+                    demo: demo == "1",
+                }))
+            })
+        })
+        .await
     }
 
     /// The newest stored tick of `currency`.
@@ -598,6 +659,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn feed_info_round_trips() {
+        let store = HistoryStore::open_in_memory().unwrap();
+        assert_eq!(store.feed_info().await.unwrap(), None);
+        let info = FeedInfo {
+            interval: "250ms".parse().unwrap(),
+            demo: true,
+        };
+        store.set_feed_info(info).await.unwrap();
+        assert_eq!(store.feed_info().await.unwrap(), Some(info));
+    }
+
+    #[tokio::test]
     async fn a_newer_schema_is_refused_not_mangled() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("feed.db");
@@ -609,7 +682,7 @@ mod tests {
             HistoryStore::open(&path),
             Err(StoreError::TooNew {
                 found: 99,
-                known: 1
+                known: 2
             })
         ));
     }

@@ -249,9 +249,15 @@ impl Timedate {
     }
 }
 
+/// One unit, machine-readable and accepted back by `FromStr`: `5s`, `250ms`, `1500ms`, `1m`.
 impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.as_duration()))
+        match self.0 {
+            ms if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            ms if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
+            ms => write!(f, "{ms}ms"),
+        }
     }
 }
 
@@ -403,6 +409,21 @@ mod tests {
             fast.slot_of(t("2026-11-24T01:40:05.600Z")),
             t("2026-11-24T01:40:05.500Z")
         );
+    }
+
+    #[test]
+    fn intervals_print_in_one_unit_and_parse_back() {
+        for (text, ms) in [
+            ("5s", 5000),
+            ("250ms", 250),
+            ("1500ms", 1500),
+            ("1m", 60_000),
+            ("2h", 7_200_000),
+        ] {
+            let i = Interval::new(Duration::from_millis(ms)).unwrap();
+            assert_eq!(i.to_string(), text);
+            assert_eq!(text.parse::<Interval>().unwrap(), i);
+        }
     }
 
     #[test]
