@@ -18,7 +18,7 @@ use std::fmt;
 use ticks::{Currency, Timedate};
 
 /// A position in the merged order: the tick at `(time, currency)` and everything after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PageKey {
     pub time: Timedate,
     pub currency: Currency,

@@ -88,6 +88,7 @@ pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(Arc::new(page::PageCache::default())))
         .with_state(Arc::new(state))
         .layer(
             ServiceBuilder::new()

@@ -1,7 +1,10 @@
 //! `GET /v1/ticks`: one page of stored ticks, with what a client needs to trust it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -14,10 +17,67 @@ use crate::cursor::{Cursor, PageKey};
 use crate::query::TicksQuery;
 use crate::{ApiError, ApiState};
 
+/// Recent answers, each valid while the store's version is unchanged. Clients that reconnect
+/// together ask the same question (everything since the same last tick), and a question about the
+/// past has the same answer until the next tick is stored; SQLite's `data_version` says when that
+/// happened, whichever process wrote it. Bounded: small answers only, few of them.
+#[derive(Default)]
+pub(crate) struct PageCache {
+    entries: Mutex<HashMap<CacheKey, (Version, Bytes)>>,
+}
+
+type CacheKey = (PageKey, Vec<Currency>, usize);
+/// `HistoryStore::version`.
+type Version = (u64, i64);
+const CACHE_ENTRIES: usize = 64;
+const CACHE_MAX_BYTES: usize = 256 * 1024;
+
+impl PageCache {
+    fn get(&self, key: &CacheKey, version: Version) -> Option<Bytes> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, key: CacheKey, version: Version, body: Bytes) {
+        if body.len() > CACHE_MAX_BYTES {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries of an older version are dead; drop them all when full rather than track age.
+        if entries.len() >= CACHE_ENTRIES {
+            entries.retain(|_, (v, _)| *v == version);
+            if entries.len() >= CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (version, body));
+    }
+}
+
+fn json(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 pub(crate) async fn ticks(
     State(state): State<Arc<ApiState>>,
+    Extension(cache): Extension<Arc<PageCache>>,
     query: TicksQuery,
 ) -> Result<Response, ApiError> {
+    // Read before the queries: a commit while they run makes this entry stale, never wrong.
+    let version = state.store.version().map_err(ApiError::StoreUnavailable)?;
+    let key: CacheKey = (query.start, query.currencies.clone(), query.limit);
+    if let Some(body) = cache.get(&key, version) {
+        return Ok(json(body));
+    }
+    let body = Bytes::from(page(&state, query).await?);
+    cache.put(key, version, body.clone());
+    Ok(json(body))
+}
+
+async fn page(state: &ApiState, query: TicksQuery) -> Result<Vec<u8>, ApiError> {
     let TicksQuery {
         start,
         currencies,
@@ -99,7 +159,7 @@ pub(crate) async fn ticks(
     let returned_count: usize = taken.iter().sum();
     let mut bytes = Vec::with_capacity(512 + 64 * returned_count);
     write_page(&mut bytes, &body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+    Ok(bytes)
 }
 
 /// How many ticks of each list the first `limit` of the merged order take, and the key of the

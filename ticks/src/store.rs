@@ -142,6 +142,11 @@ struct Inner {
     /// `None` for an in-memory store, whose only connection is the writer.
     path: Option<PathBuf>,
     idle_readers: Mutex<Vec<Connection>>,
+    /// Commits made through this handle's writer.
+    writes: std::sync::atomic::AtomicU64,
+    /// A connection kept only to ask `PRAGMA data_version`, which changes when any *other*
+    /// connection (this process's writer, or another process) commits. `None` in memory.
+    watcher: Option<Mutex<Connection>>,
 }
 
 impl HistoryStore {
@@ -160,11 +165,15 @@ impl HistoryStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         migrate(&conn)?;
+        let watcher = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
         Ok(HistoryStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(conn),
                 path: Some(path),
                 idle_readers: Mutex::new(Vec::new()),
+                writes: Default::default(),
+                watcher: Some(Mutex::new(watcher)),
             }),
         })
     }
@@ -178,8 +187,25 @@ impl HistoryStore {
                 writer: Mutex::new(conn),
                 path: None,
                 idle_readers: Mutex::new(Vec::new()),
+                writes: Default::default(),
+                watcher: None,
             }),
         })
+    }
+
+    /// A value that changes whenever anything is committed to the store, by this process or
+    /// another: equal versions mean equal contents. Cheap (microseconds, no disk read), so
+    /// answers can be cached against it.
+    pub fn version(&self) -> Result<(u64, i64), StoreError> {
+        let ours = self.inner.writes.load(std::sync::atomic::Ordering::Acquire);
+        let theirs = match &self.inner.watcher {
+            Some(watcher) => watcher
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pragma_query_value(None, "data_version", |r| r.get(0))?,
+            None => 0,
+        };
+        Ok((ours, theirs))
     }
 
     /// The file behind the store, if any.
@@ -200,6 +226,9 @@ impl HistoryStore {
         let tx = conn.transaction()?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.inner
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(out)
     }
 
@@ -656,6 +685,34 @@ mod tests {
             .read_blocking(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn the_version_changes_with_every_commit_from_any_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feed.db");
+        let reader = HistoryStore::open(&path).unwrap();
+        let writer = HistoryStore::open(&path).unwrap();
+        let v0 = reader.version().unwrap();
+        assert_eq!(reader.version().unwrap(), v0, "no commit, no change");
+        writer
+            .insert_tick(tick(Currency::USD, "2026-11-24T01:40:00Z", "1"))
+            .await
+            .unwrap();
+        let v1 = reader.version().unwrap();
+        assert_ne!(v1, v0, "another handle's commit is seen");
+        reader
+            .insert_tick(tick(Currency::USD, "2026-11-24T01:40:05Z", "1"))
+            .await
+            .unwrap();
+        assert_ne!(reader.version().unwrap(), v1, "our own commit is seen");
+        let memory = HistoryStore::open_in_memory().unwrap();
+        let m0 = memory.version().unwrap();
+        memory
+            .insert_tick(tick(Currency::USD, "2026-11-24T01:40:00Z", "1"))
+            .await
+            .unwrap();
+        assert_ne!(memory.version().unwrap(), m0);
     }
 
     #[tokio::test]
