@@ -1,0 +1,528 @@
+//! Scenario 2, the history API: `wrk` against `/v1/ticks` on a store of a year of 5 s ticks, and,
+//! in the same run, against nginx serving a static file with the same bytes as our answer.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use ticks::{Currency, HistoryStore, Interval, Timedate};
+
+use crate::gen_store::{self, GenReport};
+use crate::report::{self, Table, fmt_f};
+use crate::servers::{Bins, HistoryApi, Nginx, http_get};
+use crate::sys::{self, CpuMeter};
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    pub bin_dir: PathBuf,
+    /// Days of 5 s ticks in the generated store.
+    #[arg(long, default_value_t = 365.0)]
+    pub days: f64,
+    /// Use this existing store instead of generating one (its generation is then not reported).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Where to generate the store (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Length of each wrk run.
+    #[arg(long, default_value = "20s")]
+    pub wrk_duration: String,
+    #[arg(long, default_value_t = 2)]
+    pub wrk_threads: usize,
+    #[arg(long, default_value_t = 16)]
+    pub wrk_connections: usize,
+    /// Length of each single-connection wrk run (latency without queueing; 0s: skip).
+    #[arg(long, default_value = "10s")]
+    pub wrk_single_duration: String,
+    /// Repetitions of each query at the store level.
+    #[arg(long, default_value_t = 50)]
+    pub store_reps: usize,
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Wrk {
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub requests: u64,
+    pub non_2xx: u64,
+    pub socket_errors: String,
+    pub server_cpu_percent: f64,
+    /// The machine's busy CPU minus the server's: wrk and anything else running.
+    pub wrk_and_other_cpu_percent: f64,
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    pub name: String,
+    pub path: String,
+    pub ticks: usize,
+    pub bytes: usize,
+    pub store_median_ms: f64,
+    pub store_p99_ms: f64,
+    pub ours: Wrk,
+    pub nginx: Wrk,
+    /// `wrk -t1 -c1`: one request at a time.
+    pub ours_single: Option<Wrk>,
+    pub nginx_single: Option<Wrk>,
+    pub ratio_rps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryResult {
+    pub generated: Option<GenReport>,
+    pub store_file_bytes: u64,
+    pub store_ticks: u64,
+    pub bytes_per_tick: f64,
+    pub wrk_threads: usize,
+    pub wrk_connections: usize,
+    pub wrk_duration: String,
+    pub wrk_single_duration: String,
+    pub queries: Vec<QueryResult>,
+}
+
+pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
+    let bins = Bins(args.bin_dir.clone());
+    anyhow::ensure!(sys::have("wrk"), "wrk is required (apt-get install -y wrk)");
+    let tmp = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            tempfile::tempdir_in(dir)?
+        }
+        None => tempfile::tempdir()?,
+    };
+    let (db, generated) = match &args.db {
+        Some(db) => (db.clone(), None),
+        None => {
+            let db = tmp.path().join("year.db");
+            eprintln!("history: generating {} days of 5 s ticks", args.days);
+            let r = gen_store::generate(
+                db.clone(),
+                Duration::from_secs_f64(args.days * 86_400.0),
+                Interval::DEFAULT,
+                Timedate::now(),
+                1,
+                100_000,
+            )
+            .await?;
+            eprintln!("history: {}", serde_json::to_string(&r)?);
+            (db, Some(r))
+        }
+    };
+    let store = HistoryStore::open(&db)?;
+    let (first, last) = store
+        .bounds(Currency::USD)
+        .await?
+        .context("the store holds no USD tick")?;
+    let (first, last) = (first.timedate, last.timedate);
+    let store_ticks: u64 = store.read_blocking(|c| {
+        Ok(c.query_row("SELECT count(*) FROM ticks", [], |r| r.get::<_, i64>(0))? as u64)
+    })?;
+    let store_file_bytes = sys::file_size(&db);
+
+    let hour_ago = last.saturating_sub(Duration::from_secs(3600));
+    let day_ago = last
+        .saturating_sub(Duration::from_secs(86_400))
+        .next(Interval::DEFAULT);
+    let hour_ticks = 2 * (last.duration_since(hour_ago).as_secs() / 5 + 1) as usize;
+    let queries = [
+        (
+            "last hour",
+            hour_ago,
+            None,
+            format!("/v1/ticks?since={hour_ago}&currency=USD,EUR"),
+        ),
+        (
+            "last day (limit=50000)",
+            day_ago,
+            Some(50_000),
+            format!("/v1/ticks?since={day_ago}&currency=USD,EUR&limit=50000"),
+        ),
+        (
+            "deep: start of the store, same size as last hour",
+            first,
+            Some(hour_ticks),
+            format!("/v1/ticks?since={first}&currency=USD,EUR&limit={hour_ticks}"),
+        ),
+    ];
+
+    // Store level: the reads one answer makes (limit + 1 per currency, as the handler asks).
+    let mut store_times = Vec::new();
+    for (_, since, limit, _) in &queries {
+        let limit = limit.unwrap_or(history_api::DEFAULT_LIMIT) + 1;
+        let mut us = Vec::with_capacity(args.store_reps);
+        for _ in 0..args.store_reps.max(1) {
+            let started = Instant::now();
+            for c in Currency::ALL {
+                store.ticks_since(c, *since, limit).await?;
+            }
+            us.push(started.elapsed().as_micros() as u64);
+        }
+        us.sort_unstable();
+        store_times.push((
+            report::percentile_ms(&us, 50.0),
+            report::percentile_ms(&us, 99.0),
+        ));
+    }
+    drop(store);
+
+    // Our answers, saved as nginx's files.
+    let api = HistoryApi::start(&bins, &db, "5s").await?;
+    let root = tmp.path().join("www");
+    std::fs::create_dir_all(&root)?;
+    let mut bodies = Vec::new();
+    for (i, (name, _, _, path)) in queries.iter().enumerate() {
+        let (status, body) = http_get(api.addr, path).await?;
+        if status != 200 {
+            bail!("{name}: HTTP {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let (_, again) = http_get(api.addr, path).await?;
+        anyhow::ensure!(
+            again == body,
+            "{name}: two answers differ; the store is changing"
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&body)?;
+        let ticks: usize = ["USD", "EUR"]
+            .iter()
+            .map(|c| parsed["ticks"][c].as_array().map_or(0, Vec::len))
+            .sum();
+        std::fs::write(root.join(format!("q{i}.json")), &body)?;
+        bodies.push((body, ticks));
+    }
+    let nginx = Nginx::start(&root).await?;
+    let nginx_addr: std::net::SocketAddr = ([127, 0, 0, 1], nginx.port).into();
+    for (i, (body, _)) in bodies.iter().enumerate() {
+        let (status, same) = http_get(nginx_addr, &format!("/q{i}.json")).await?;
+        anyhow::ensure!(
+            status == 200 && &same == body,
+            "nginx does not serve the same bytes"
+        );
+    }
+    let nginx_pids = sys::with_children(nginx.proc.pid);
+
+    let mut results = Vec::new();
+    for (i, (name, _, _, path)) in queries.iter().enumerate() {
+        eprintln!("history: wrk {name}");
+        let ours_url = format!("http://{}{path}", api.addr);
+        let nginx_url = format!("http://{nginx_addr}/q{i}.json");
+        let load = (
+            args.wrk_threads,
+            args.wrk_connections,
+            args.wrk_duration.as_str(),
+        );
+        let ours = wrk(load, &ours_url, vec![api.proc.pid]).await?;
+        let peer = wrk(load, &nginx_url, nginx_pids.clone()).await?;
+        let (ours_single, nginx_single) = if args.wrk_single_duration.starts_with('0') {
+            (None, None)
+        } else {
+            let single = (1, 1, args.wrk_single_duration.as_str());
+            (
+                Some(wrk(single, &ours_url, vec![api.proc.pid]).await?),
+                Some(wrk(single, &nginx_url, nginx_pids.clone()).await?),
+            )
+        };
+        let (store_median_ms, store_p99_ms) = store_times[i];
+        results.push(QueryResult {
+            name: name.to_string(),
+            path: path.clone(),
+            ticks: bodies[i].1,
+            bytes: bodies[i].0.len(),
+            store_median_ms,
+            store_p99_ms,
+            ratio_rps: ours.requests_per_second / peer.requests_per_second,
+            ours,
+            nginx: peer,
+            ours_single,
+            nginx_single,
+        });
+    }
+    // The answers above are cached by history-api (same URL, unchanged store). Defeat the cache:
+    // each request asks for a different `since` (1,000 values, one second apart, ending an hour
+    // before the last tick), so every answer is computed; nginx serves the last-hour file.
+    {
+        let script = tmp.path().join("uncached.lua");
+        let hour_ago_s = hour_ago.unix_millis() / 1000;
+        std::fs::write(
+            &script,
+            format!(
+                "local n = 0\n\
+                 request = function()\n\
+                 \x20 n = n + 1\n\
+                 \x20 return wrk.format(\"GET\", \"/v1/ticks?currency=USD,EUR&since=\" .. ({hour_ago_s} - n % 1000))\n\
+                 end\n"
+            ),
+        )?;
+        eprintln!("history: wrk last hour, cache defeated");
+        let ours_url = format!("http://{}/", api.addr);
+        let nginx_url = format!("http://{nginx_addr}/q0.json");
+        let load = (
+            args.wrk_threads,
+            args.wrk_connections,
+            args.wrk_duration.as_str(),
+        );
+        let ours = wrk_script(Some(&script), load, &ours_url, vec![api.proc.pid]).await?;
+        let peer = wrk(load, &nginx_url, nginx_pids.clone()).await?;
+        let (ours_single, nginx_single) = if args.wrk_single_duration.starts_with('0') {
+            (None, None)
+        } else {
+            let single = (1, 1, args.wrk_single_duration.as_str());
+            (
+                Some(wrk_script(Some(&script), single, &ours_url, vec![api.proc.pid]).await?),
+                Some(wrk(single, &nginx_url, nginx_pids.clone()).await?),
+            )
+        };
+        let (store_median_ms, store_p99_ms) = store_times[0];
+        results.push(QueryResult {
+            name: "last hour, cache defeated (1,000 distinct since values, up to 1,000 s earlier)"
+                .into(),
+            path: format!("/v1/ticks?currency=USD,EUR&since=<{hour_ago_s} - n % 1000>"),
+            ticks: bodies[0].1,
+            bytes: bodies[0].0.len(),
+            store_median_ms,
+            store_p99_ms,
+            ratio_rps: ours.requests_per_second / peer.requests_per_second,
+            ours,
+            nginx: peer,
+            ours_single,
+            nginx_single,
+        });
+    }
+    api.proc.stop(Duration::from_secs(20)).await;
+    nginx.proc.stop(Duration::from_secs(5)).await;
+
+    let result = HistoryResult {
+        bytes_per_tick: store_file_bytes as f64 / store_ticks as f64,
+        generated,
+        store_file_bytes,
+        store_ticks,
+        wrk_threads: args.wrk_threads,
+        wrk_connections: args.wrk_connections,
+        wrk_duration: args.wrk_duration.clone(),
+        wrk_single_duration: args.wrk_single_duration.clone(),
+        queries: results,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    report::write_json(&args.out.join("history.json"), &result)?;
+    let mut raw = String::new();
+    for q in &result.queries {
+        raw.push_str(&format!(
+            "## {} (history-api)\n{}\n## {} (nginx)\n{}\n",
+            q.name, q.ours.raw, q.name, q.nginx.raw
+        ));
+        if let (Some(a), Some(b)) = (&q.ours_single, &q.nginx_single) {
+            raw.push_str(&format!(
+                "## {} (history-api, 1 connection)\n{}\n## {} (nginx, 1 connection)\n{}\n",
+                q.name, a.raw, q.name, b.raw
+            ));
+        }
+    }
+    std::fs::write(args.out.join("history-wrk.txt"), raw)?;
+    let (store_table, table) = tables(&result);
+    report::write_table(&args.out.join("history.md"), &table)?;
+    report::write_table(&args.out.join("store.md"), &store_table)?;
+    println!("{}\n{}", store_table.markdown(), table.markdown());
+    Ok(result)
+}
+
+/// One wrk run with (threads, connections, duration).
+async fn wrk(
+    (threads, connections, duration): (usize, usize, &str),
+    url: &str,
+    pids: Vec<u32>,
+) -> anyhow::Result<Wrk> {
+    wrk_script(None, (threads, connections, duration), url, pids).await
+}
+
+/// [`wrk`] with a Lua script that writes the requests.
+async fn wrk_script(
+    script: Option<&std::path::Path>,
+    (threads, connections, duration): (usize, usize, &str),
+    url: &str,
+    pids: Vec<u32>,
+) -> anyhow::Result<Wrk> {
+    let cpu = CpuMeter::start(pids);
+    let machine = sys::MachineMeter::start();
+    let mut wrk_args = vec![
+        format!("-t{threads}"),
+        format!("-c{connections}"),
+        format!("-d{duration}"),
+        "--timeout".into(),
+        "10s".into(),
+        "--latency".into(),
+    ];
+    if let Some(script) = script {
+        wrk_args.extend(["-s".into(), script.display().to_string()]);
+    }
+    wrk_args.push(url.to_string());
+    let raw = sys::run_output("wrk", &wrk_args, Duration::from_secs(600)).await?;
+    let server_cpu_percent = cpu.percent();
+    let machine_percent = machine.percent();
+    let mut w = parse_wrk(&raw).with_context(|| format!("cannot read wrk's output:\n{raw}"))?;
+    w.server_cpu_percent = server_cpu_percent;
+    w.wrk_and_other_cpu_percent = machine_percent - server_cpu_percent;
+    Ok(w)
+}
+
+/// A wrk duration such as `812.00us`, `3.21ms`, `1.02s`, in milliseconds.
+fn wrk_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = text.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(raw: &str) -> Option<Wrk> {
+    let mut w = Wrk {
+        requests_per_second: f64::NAN,
+        p50_ms: f64::NAN,
+        p90_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        requests: 0,
+        non_2xx: 0,
+        socket_errors: String::new(),
+        server_cpu_percent: f64::NAN,
+        wrk_and_other_cpu_percent: f64::NAN,
+        raw: raw.to_string(),
+    };
+    for line in raw.lines() {
+        let line = line.trim();
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("Requests/sec:") => w.requests_per_second = words.next()?.parse().ok()?,
+            Some("50%") => w.p50_ms = wrk_ms(words.next()?)?,
+            Some("90%") => w.p90_ms = wrk_ms(words.next()?)?,
+            Some("99%") => w.p99_ms = wrk_ms(words.next()?)?,
+            Some("Non-2xx") => w.non_2xx = line.rsplit(' ').next()?.parse().ok()?,
+            Some("Socket") => w.socket_errors = line.to_string(),
+            Some(n) if line.contains(" requests in ") => w.requests = n.parse().ok()?,
+            _ => {}
+        }
+    }
+    w.requests_per_second.is_finite().then_some(w)
+}
+
+fn single(w: &Option<Wrk>) -> String {
+    w.as_ref().map_or("—".into(), |w| {
+        format!("{} / {}", fmt_f(w.p50_ms, 2), fmt_f(w.p99_ms, 2))
+    })
+}
+
+fn tables(r: &HistoryResult) -> (Table, Table) {
+    let mut store = Table::new(
+        "History store",
+        &[
+            "ticks",
+            "generation s",
+            "ticks/s written",
+            "file MB",
+            "bytes/tick",
+            "last-hour query at store level, median ms",
+            "p99 ms",
+        ],
+    );
+    let hour = r.queries.first();
+    store.row(vec![
+        r.store_ticks.to_string(),
+        r.generated
+            .as_ref()
+            .map_or("(existing store)".into(), |g| fmt_f(g.seconds, 1)),
+        r.generated
+            .as_ref()
+            .map_or("".into(), |g| fmt_f(g.ticks_per_second, 0)),
+        fmt_f(r.store_file_bytes as f64 / 1e6, 1),
+        fmt_f(r.bytes_per_tick, 1),
+        hour.map_or("n/a".into(), |q| fmt_f(q.store_median_ms, 2)),
+        hour.map_or("n/a".into(), |q| fmt_f(q.store_p99_ms, 2)),
+    ]);
+    let mut t = Table::new(
+        &format!(
+            "History API vs nginx (same bytes): wrk -t{} -c{} -d{} --latency; then wrk -t1 -c1 -d{}",
+            r.wrk_threads, r.wrk_connections, r.wrk_duration, r.wrk_single_duration
+        ),
+        &[
+            "query",
+            "ticks",
+            "bytes",
+            "store ms",
+            "history-api req/s",
+            "nginx req/s",
+            "ratio",
+            "history-api p50 ms",
+            "history-api p99 ms",
+            "nginx p99 ms",
+            "history-api CPU %",
+            "nginx CPU %",
+            "wrk+other CPU % (ours/nginx runs)",
+            "errors (ours/nginx)",
+            "1 connection: history-api p50 / p99 ms",
+            "1 connection: nginx p50 / p99 ms",
+        ],
+    );
+    for q in &r.queries {
+        t.row(vec![
+            q.name.clone(),
+            q.ticks.to_string(),
+            q.bytes.to_string(),
+            fmt_f(q.store_median_ms, 2),
+            fmt_f(q.ours.requests_per_second, 0),
+            fmt_f(q.nginx.requests_per_second, 0),
+            report::ratio(q.ours.requests_per_second, q.nginx.requests_per_second),
+            fmt_f(q.ours.p50_ms, 2),
+            fmt_f(q.ours.p99_ms, 2),
+            fmt_f(q.nginx.p99_ms, 2),
+            fmt_f(q.ours.server_cpu_percent, 0),
+            fmt_f(q.nginx.server_cpu_percent, 0),
+            format!(
+                "{}/{}",
+                fmt_f(q.ours.wrk_and_other_cpu_percent, 0),
+                fmt_f(q.nginx.wrk_and_other_cpu_percent, 0)
+            ),
+            format!("{}/{}", q.ours.non_2xx, q.nginx.non_2xx),
+            single(&q.ours_single),
+            single(&q.nginx_single),
+        ]);
+    }
+    (store, t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let raw = "Running 2s test @ http://127.0.0.1:1/x
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23ms  300.00us   5.00ms   90.00%
+    Req/Sec     6.00k   100.00     6.20k    80.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.00ms
+     90%    2.00ms
+     99%    1.02s
+  24000 requests in 2.00s, 1.00GB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:  12000.50
+Transfer/sec:    500.00MB
+";
+        let w = parse_wrk(raw).unwrap();
+        assert_eq!(w.requests_per_second, 12000.5);
+        assert_eq!(w.p50_ms, 0.812);
+        assert_eq!(w.p99_ms, 1020.0);
+        assert_eq!(w.requests, 24000);
+        assert_eq!(w.non_2xx, 3);
+    }
+}

@@ -1,0 +1,94 @@
+//! `pricefeed-bench`: the benchmark harness of pricefeed. `bench/run.sh` drives it; every
+//! subcommand is one scenario, bounded in count and time, on loopback and free ports, and writes
+//! its raw results (JSON) and its table (Markdown) to `--out`.
+//!
+//! - `gen-store`: a history store of N days of ticks in both currencies.
+//! - `fanout`: N MQTT subscribers, publish→receipt latency, loss, broker RSS and CPU; pricefeed's
+//!   embedded broker against Debian's Mosquitto.
+//! - `history`: `wrk` on `/v1/ticks` over a year of ticks, against nginx serving the same bytes.
+//! - `storm`: K `pricesub` clients reconnecting within a second, backfilling, going live, checked
+//!   gapless against the store.
+//! - `footprint`: idle CPU, RSS, start-up time, binary sizes.
+
+mod fanout;
+mod footprint;
+mod gen_store;
+mod history;
+mod mqtt;
+mod report;
+mod servers;
+mod storm;
+mod sys;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Benchmarks of pricefeed (see bench/run.sh and docs/BENCHMARKS.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a store of ticks for both currencies (random-walk prices with 2 decimals).
+    GenStore(gen_store::GenStoreArgs),
+    /// MQTT fan-out latency, loss and broker cost: pricefeed vs Mosquitto.
+    Fanout(fanout::FanoutArgs),
+    /// History API throughput and latency with wrk: history-api vs nginx (same bytes).
+    History(history::HistoryArgs),
+    /// Reconnect storm of pricesub clients: time to live, gaps, duplicates, server peak.
+    Storm(storm::StormArgs),
+    /// Idle CPU, RSS, start-up time, binary sizes.
+    Footprint(footprint::FootprintArgs),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::GenStore(args) => {
+            gen_store::run(&args).await?;
+        }
+        Command::Fanout(args) => {
+            fanout::run(args).await?;
+        }
+        Command::History(args) => {
+            history::run(args).await?;
+        }
+        Command::Storm(args) => {
+            storm::run(args).await?;
+        }
+        Command::Footprint(args) => {
+            footprint::run(args).await?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pricefeed-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Children are killed on drop; give the runtime a moment to reap them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pricefeed-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

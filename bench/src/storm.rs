@@ -1,0 +1,801 @@
+//! Scenario 3, the reconnect storm: K clients start within one second, each subscribing,
+//! backfilling the last 10 minutes from history, then following live with no gap and no
+//! duplicate; afterwards every client's sequence is compared with the store.
+//!
+//! Two client implementations: `lean` (default), a faithful equivalent of `pricesub`'s algorithm
+//! (subscribe to both tick topics and buffer, fetch history from `since` while still reading,
+//! deliver history then the buffer then live, each tick only if newer than the last delivered of
+//! its currency, fetch a hole before a live tick that skips a slot) on the harness's lean MQTT
+//! client and a plain HTTP/1.1 GET; and `pricesub`, the SDK itself (`pricesub::subscribe`), whose
+//! per-subscription set-up (a reqwest client that loads the system's root certificates, a rumqttc
+//! event loop) costs the generator far more CPU than the server spends.
+//!
+//! The store is generated with 30 minutes of 5 s ticks (what a real client backfills in 10
+//! minutes: 240 ticks) and the feed then runs at a 1 s interval, so that "live" (a tick newer than
+//! the storm's start) comes within a second. The peer, in the same run, is the same storm against
+//! Debian's Mosquitto as the broker, with `pricefeed --broker` publishing to it and serving history.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use ticks::wire::WireTick;
+use ticks::{Currency, HistoryStore, Interval, Tick, Timedate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::BrokerKind;
+use crate::gen_store;
+use crate::mqtt;
+use crate::report::{self, Table, fmt_f};
+use crate::servers::{Bins, Feed, FeedOptions, Mosquitto, http_get};
+use crate::sys::{self, CpuMeter, Sampler};
+
+#[derive(Debug, clap::Args)]
+pub struct StormArgs {
+    #[arg(long)]
+    pub bin_dir: PathBuf,
+    /// Client counts (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 5000])]
+    pub clients: Vec<usize>,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BrokerKind::Pricefeed, BrokerKind::Mosquitto])]
+    pub brokers: Vec<BrokerKind>,
+    /// Interval of the live feed.
+    #[arg(long, default_value = "1s")]
+    pub feed_interval: String,
+    /// How far back each client backfills.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub backfill: Duration,
+    /// The storm's clients all start within this window.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub within: Duration,
+    /// Give up waiting for every client to be live after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Keep following live this long after the last client is live, before checking.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub follow: Duration,
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    /// Client implementation.
+    #[arg(long, value_enum, default_value_t = StormClient::Lean)]
+    pub client: StormClient,
+    /// Name of the result files (default: storm, or storm-pricesub).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Fail unless every client went live with no tick missing or duplicated.
+    #[arg(long)]
+    pub assert_gapless: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StormClient {
+    /// The harness's faithful equivalent of pricesub on its lean MQTT client.
+    Lean,
+    /// The pricesub SDK (`pricesub::subscribe`).
+    Pricesub,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StormResult {
+    pub broker: BrokerKind,
+    pub client: StormClient,
+    pub clients: usize,
+    pub live: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub all_live_seconds: Option<f64>,
+    /// Per client, from its own start to its first tick newer than the storm's start.
+    pub own_live_p50_seconds: f64,
+    pub own_live_max_seconds: f64,
+    /// Per client, from its own start to having delivered every tick stored before it started.
+    pub catch_up_p50_seconds: f64,
+    pub catch_up_max_seconds: f64,
+    pub caught_up: usize,
+    pub live_p50_seconds: f64,
+    pub live_p99_seconds: f64,
+    pub ticks_delivered: u64,
+    pub ticks_per_client_min: usize,
+    pub ticks_per_client_max: usize,
+    pub missing: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub not_in_store: u64,
+    pub gaps_reported: u64,
+    pub server_rss_before_kb: u64,
+    pub server_rss_peak_kb: u64,
+    pub server_cpu_percent: f64,
+    pub server_cpu_peak_percent: f64,
+    /// Mosquitto runs: the broker's own share (the numbers above cover pricefeed + mosquitto).
+    pub broker_rss_peak_kb: Option<u64>,
+    pub harness_cpu_percent: f64,
+    /// Machine busy CPU in the storm, minus server and harness: other processes.
+    pub other_cpu_percent: f64,
+}
+
+/// What one client delivered.
+struct ClientLog {
+    ticks: Vec<(Currency, Timedate)>,
+    /// When this client started, after the storm's start.
+    started_after: Duration,
+    /// The slot before the one in progress when the client started: once it has delivered a tick
+    /// this recent, it holds everything that existed when it started (it has caught up).
+    catch_up_target: Timedate,
+    /// From the client's start to catching up.
+    caught_up_after: Option<Duration>,
+    live_after: Option<Duration>,
+    gaps: u64,
+    error: Option<String>,
+}
+
+pub async fn run(args: StormArgs) -> anyhow::Result<Vec<StormResult>> {
+    let bins = Bins(args.bin_dir.clone());
+    let max = args.clients.iter().copied().max().unwrap_or(0);
+    // An MQTT and an HTTP connection per client, on both ends when the server is ours.
+    let nofile = sys::ensure_nofile(2 * max + 100)?;
+    eprintln!("storm: RLIMIT_NOFILE {nofile}");
+    let mut results = Vec::new();
+    for &k in &args.clients {
+        for &broker in &args.brokers {
+            eprintln!("storm: {k} {:?} clients on {broker:?}", args.client);
+            let r = run_one(&bins, &args, broker, k).await?;
+            eprintln!("storm: {}", serde_json::to_string(&r)?);
+            results.push(r);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let name = args.name.clone().unwrap_or_else(|| match args.client {
+        StormClient::Lean => "storm".into(),
+        StormClient::Pricesub => "storm-pricesub".into(),
+    });
+    report::write_json(&args.out.join(format!("{name}.json")), &results)?;
+    let table = table(&args, &results);
+    report::write_table(&args.out.join(format!("{name}.md")), &table)?;
+    println!("{}", table.markdown());
+    if args.assert_gapless {
+        for r in &results {
+            anyhow::ensure!(
+                r.live == r.clients
+                    && r.caught_up == r.clients
+                    && r.errors == 0
+                    && r.missing == 0
+                    && r.duplicated == 0
+                    && r.out_of_order == 0
+                    && r.not_in_store == 0,
+                "storm of {} on {:?}: {} live, {} errors ({:?}), {} missing, {} duplicated, {} out of order, {} not in store",
+                r.clients,
+                r.broker,
+                r.live,
+                r.errors,
+                r.first_error,
+                r.missing,
+                r.duplicated,
+                r.out_of_order,
+                r.not_in_store
+            );
+        }
+    }
+    Ok(results)
+}
+
+async fn run_one(
+    bins: &Bins,
+    args: &StormArgs,
+    broker: BrokerKind,
+    k: usize,
+) -> anyhow::Result<StormResult> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("storm.db");
+    // Ticks for the backfill window and more, ending now, at the product's 5 s interval.
+    gen_store::generate(
+        db.clone(),
+        args.backfill * 3,
+        Interval::DEFAULT,
+        Timedate::now(),
+        2,
+        100_000,
+    )
+    .await?;
+    let mosquitto = match broker {
+        BrokerKind::Pricefeed => None,
+        BrokerKind::Mosquitto => Some(Mosquitto::start(&[]).await?),
+    };
+    let feed = Feed::start(
+        bins,
+        FeedOptions {
+            db: &db,
+            interval: &args.feed_interval,
+            external_broker: mosquitto.as_ref().map(|m| m.port),
+            max_clients: k + 1000,
+        },
+    )
+    .await?;
+    let mut server_pids = vec![feed.proc.pid];
+    if let Some(m) = &mosquitto {
+        server_pids.push(m.proc.pid);
+    }
+    // A few live ticks first, so the broker holds retained ones and the feed is warm.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_before: u64 = server_pids.iter().filter_map(|&p| sys::rss_kb(p)).sum();
+
+    let host = feed.mqtt.ip().to_string();
+    let port = feed.mqtt.port();
+    let history = format!("http://{}", feed.http);
+    let storm_start = Timedate::now();
+    let since = storm_start.saturating_sub(args.backfill);
+    let t0 = Instant::now();
+    let stop = CancellationToken::new();
+    let live = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let sampler = Sampler::start(server_pids.clone(), Duration::from_millis(250));
+    let broker_sampler = mosquitto
+        .as_ref()
+        .map(|m| Sampler::start(vec![m.proc.pid], Duration::from_millis(250)));
+    let server_cpu = CpuMeter::start(server_pids.clone());
+    let harness_cpu = CpuMeter::start_self();
+    let machine_cpu = sys::MachineMeter::start();
+
+    let ctx = Arc::new(StormCtx {
+        storm_start,
+        t0,
+        live: live.clone(),
+        done: done.clone(),
+        stop: stop.clone(),
+    });
+    let interval: Interval = args
+        .feed_interval
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let mut tasks = Vec::with_capacity(k);
+    for i in 0..k {
+        let at = t0 + args.within.mul_f64(i as f64 / k as f64);
+        let ctx = ctx.clone();
+        let client = args.client;
+        let (host, history, mqtt, http) = (host.clone(), history.clone(), feed.mqtt, feed.http);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let now = Timedate::now();
+            let mut log = ClientLog {
+                ticks: Vec::with_capacity(300),
+                started_after: t0.elapsed(),
+                catch_up_target: Timedate::from_unix_millis(
+                    interval.slot_of(now).unix_millis() - interval.as_millis(),
+                )
+                .unwrap_or(now),
+                caught_up_after: None,
+                live_after: None,
+                gaps: 0,
+                error: None,
+            };
+            let id = format!("bench-storm-{i}");
+            let outcome = match client {
+                StormClient::Lean => lean_client(mqtt, http, since, &id, &ctx, &mut log).await,
+                StormClient::Pricesub => {
+                    let config = pricesub::SubscriberConfig {
+                        brokers: vec![(host, port)],
+                        history: vec![history],
+                        currencies: Currency::ALL.to_vec(),
+                        since: Some(since),
+                        history_timeout: Duration::from_secs(30),
+                        client_id: id,
+                    };
+                    sdk_client(config, &ctx, &mut log).await
+                }
+            };
+            if let Err(e) = outcome {
+                log.error = Some(e);
+                if log.live_after.is_none() {
+                    ctx.done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            log
+        }));
+    }
+    let deadline = t0 + args.timeout;
+    while done.load(Ordering::Relaxed) < k && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let server_cpu_percent = server_cpu.percent();
+    let harness_cpu_percent = harness_cpu.percent();
+    let other_cpu_percent = machine_cpu.percent() - server_cpu_percent - harness_cpu_percent;
+    tokio::time::sleep(args.follow).await;
+    stop.cancel();
+    let peaks = sampler.finish().await;
+    let broker_peaks = match broker_sampler {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
+    let mut logs = Vec::with_capacity(k);
+    for task in tasks {
+        if let Ok(log) = task.await {
+            logs.push(log);
+        }
+    }
+
+    // Every client's sequence per currency must be exactly the store's from `since` through the
+    // last tick it delivered.
+    let store = HistoryStore::open(&db)?;
+    let mut expected = std::collections::BTreeMap::new();
+    for c in Currency::ALL {
+        let ticks: Vec<Timedate> = store
+            .ticks_since(c, since, 10_000_000)
+            .await?
+            .into_iter()
+            .map(|t| t.timedate)
+            .collect();
+        expected.insert(c, ticks);
+    }
+    drop(store);
+    let (mut missing, mut duplicated, mut out_of_order, mut not_in_store) =
+        (0u64, 0u64, 0u64, 0u64);
+    let mut live_times = Vec::new();
+    let mut own_live = Vec::new();
+    let mut catch_up = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut gaps = 0;
+    let mut delivered = 0u64;
+    let (mut min_ticks, mut max_ticks) = (usize::MAX, 0);
+    for log in &logs {
+        if let Some(e) = &log.error {
+            errors += 1;
+            first_error.get_or_insert_with(|| e.clone());
+        }
+        if let Some(t) = log.live_after {
+            live_times.push(t.as_micros() as u64);
+            own_live.push(t.saturating_sub(log.started_after).as_micros() as u64);
+        }
+        if let Some(t) = log.caught_up_after {
+            catch_up.push(t.as_micros() as u64);
+        }
+        gaps += log.gaps;
+        delivered += log.ticks.len() as u64;
+        min_ticks = min_ticks.min(log.ticks.len());
+        max_ticks = max_ticks.max(log.ticks.len());
+        for c in Currency::ALL {
+            let got: Vec<Timedate> = log
+                .ticks
+                .iter()
+                .filter(|(cur, _)| *cur == c)
+                .map(|(_, t)| *t)
+                .collect();
+            out_of_order += got.windows(2).filter(|w| w[1] < w[0]).count() as u64;
+            let mut sorted = got.clone();
+            sorted.sort_unstable();
+            let before = sorted.len();
+            sorted.dedup();
+            duplicated += (before - sorted.len()) as u64;
+            let Some(&last) = sorted.last() else {
+                // A client that failed before delivering anything is counted in `errors`; one
+                // that delivered ticks of the other currency only misses all of this one.
+                if !log.ticks.is_empty() {
+                    missing += expected[&c].len() as u64;
+                }
+                continue;
+            };
+            let want: Vec<Timedate> = expected[&c]
+                .iter()
+                .copied()
+                .filter(|t| *t <= last)
+                .collect();
+            let want_set: std::collections::BTreeSet<_> = want.iter().copied().collect();
+            let got_set: std::collections::BTreeSet<_> = sorted.iter().copied().collect();
+            missing += want_set.difference(&got_set).count() as u64;
+            not_in_store += got_set.difference(&want_set).count() as u64;
+        }
+    }
+    live_times.sort_unstable();
+    own_live.sort_unstable();
+    catch_up.sort_unstable();
+    let live_count = live_times.len();
+    let result = StormResult {
+        broker,
+        client: args.client,
+        own_live_p50_seconds: report::percentile_ms(&own_live, 50.0) / 1000.0,
+        own_live_max_seconds: report::percentile_ms(&own_live, 100.0) / 1000.0,
+        catch_up_p50_seconds: report::percentile_ms(&catch_up, 50.0) / 1000.0,
+        catch_up_max_seconds: report::percentile_ms(&catch_up, 100.0) / 1000.0,
+        caught_up: catch_up.len(),
+        clients: k,
+        live: live_count,
+        errors,
+        first_error,
+        all_live_seconds: (live_count == k)
+            .then(|| report::percentile_ms(&live_times, 100.0) / 1000.0),
+        live_p50_seconds: report::percentile_ms(&live_times, 50.0) / 1000.0,
+        live_p99_seconds: report::percentile_ms(&live_times, 99.0) / 1000.0,
+        ticks_delivered: delivered,
+        ticks_per_client_min: if logs.is_empty() { 0 } else { min_ticks },
+        ticks_per_client_max: max_ticks,
+        missing,
+        duplicated,
+        out_of_order,
+        not_in_store,
+        gaps_reported: gaps,
+        server_rss_before_kb: rss_before,
+        server_rss_peak_kb: peaks.peak_rss_kb,
+        server_cpu_percent,
+        server_cpu_peak_percent: peaks.peak_cpu_percent,
+        broker_rss_peak_kb: broker_peaks.map(|p| p.peak_rss_kb),
+        harness_cpu_percent,
+        other_cpu_percent,
+    };
+    drop(logs);
+    feed.proc.stop(Duration::from_secs(10)).await;
+    if let Some(m) = mosquitto {
+        m.proc.stop(Duration::from_secs(5)).await;
+    }
+    Ok(result)
+}
+
+/// What every client of one storm shares.
+struct StormCtx {
+    storm_start: Timedate,
+    t0: Instant,
+    live: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl StormCtx {
+    /// Records a delivered tick; the first one newer than the storm's start makes the client live.
+    fn delivered(&self, log: &mut ClientLog, tick: &Tick) {
+        log.ticks.push((tick.currency, tick.timedate));
+        if log.caught_up_after.is_none() && tick.timedate >= log.catch_up_target {
+            log.caught_up_after = Some(self.t0.elapsed().saturating_sub(log.started_after));
+        }
+        if log.live_after.is_none() && tick.timedate > self.storm_start {
+            log.live_after = Some(self.t0.elapsed());
+            self.live.fetch_add(1, Ordering::Relaxed);
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The pricesub SDK.
+async fn sdk_client(
+    config: pricesub::SubscriberConfig,
+    ctx: &StormCtx,
+    log: &mut ClientLog,
+) -> Result<(), String> {
+    let mut sub = pricesub::subscribe(config).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            event = sub.next() => match event {
+                Some(Ok(pricesub::FeedEvent::Tick(t))) => ctx.delivered(log, &t),
+                Some(Ok(pricesub::FeedEvent::Gap(_))) => log.gaps += 1,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Ok(()),
+            },
+            _ = ctx.stop.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// One page of `/v1/ticks`: what a client needs of it.
+#[derive(serde::Deserialize)]
+struct Page {
+    ticks: std::collections::BTreeMap<Currency, Vec<WireTick>>,
+    #[serde(default)]
+    gaps: Vec<serde_json::Value>,
+    #[serde(default)]
+    next_cursor: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+}
+
+/// Every tick of `currencies` from `since` (following cursors), oldest first per currency, the
+/// number of gaps reported and the server's interval.
+async fn fetch_history(
+    http: SocketAddr,
+    currencies: &str,
+    since: Timedate,
+) -> Result<(Vec<Tick>, u64, Option<Interval>), String> {
+    let mut out = Vec::new();
+    let mut gaps = 0;
+    let mut interval = None;
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let path = match &cursor {
+            Some(c) => format!(
+                "/v1/ticks?currency={currencies}&limit=10000&cursor={}",
+                percent_encode(c)
+            ),
+            None => format!("/v1/ticks?currency={currencies}&limit=10000&since={since}"),
+        };
+        let (status, body) = http_get(http, &path)
+            .await
+            .map_err(|e| format!("history: {e:#}"))?;
+        if status != 200 {
+            return Err(format!(
+                "history: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let page: Page =
+            serde_json::from_slice(&body).map_err(|e| format!("history answer: {e}"))?;
+        for (currency, ticks) in page.ticks {
+            out.extend(ticks.into_iter().map(|w| Tick {
+                currency,
+                timedate: w.timedate,
+                price: w.price,
+            }));
+        }
+        gaps += page.gaps.len() as u64;
+        if interval.is_none() {
+            interval = page.interval.and_then(|i| i.parse().ok());
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok((out, gaps, interval)),
+        }
+    }
+    Err("history: more than 1000 pages".into())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Parses every complete packet in `buf`: SUBACKs are counted, tick PUBLISHes collected, PUBACKs
+/// queued in `acks`.
+fn take_packets(
+    buf: &mut Vec<u8>,
+    acks: &mut Vec<u8>,
+    ticks: &mut Vec<Tick>,
+    subacks: &mut usize,
+) -> Result<(), String> {
+    let mut used = 0;
+    while let Some((first, body, total)) =
+        mqtt::next_packet(&buf[used..]).map_err(|e| e.to_string())?
+    {
+        let body = &buf[used + body.start..used + body.end];
+        match first & 0xF0 {
+            mqtt::SUBACK => {
+                if body.last() == Some(&0x80) {
+                    return Err("SUBSCRIBE refused".into());
+                }
+                *subacks += 1;
+            }
+            mqtt::PUBLISH => {
+                let p = mqtt::parse_publish(first, body).map_err(|e| e.to_string())?;
+                if let Some(id) = p.packet_id {
+                    mqtt::puback(id, acks);
+                }
+                let topic = std::str::from_utf8(p.topic).map_err(|e| e.to_string())?;
+                if let Ok(tick) = Tick::from_message(topic, p.payload) {
+                    ticks.push(tick);
+                }
+            }
+            _ => {}
+        }
+        used += total;
+    }
+    buf.drain(..used);
+    Ok(())
+}
+
+/// Reads what arrives; returns false on a closed connection.
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(8192);
+    }
+    match stream.read_buf(buf).await {
+        Ok(0) => Err("broker closed the connection".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+/// pricesub's algorithm on the lean client: subscribe and buffer, backfill while reading,
+/// deliver history, then the buffer, then live, each tick once and in order; fetch a hole.
+async fn lean_client(
+    mqtt_addr: SocketAddr,
+    http: SocketAddr,
+    since: Timedate,
+    id: &str,
+    ctx: &StormCtx,
+    log: &mut ClientLog,
+) -> Result<(), String> {
+    let (mut stream, mut buf) = mqtt::connect(mqtt_addr, id, None, 60, Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut subscribe = Vec::new();
+    for (i, c) in Currency::ALL.iter().enumerate() {
+        subscribe.extend(mqtt::subscribe_packet(i as u16 + 1, c.topic(), 1));
+    }
+    stream
+        .write_all(&subscribe)
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let (mut acks, mut live, mut subacks) = (Vec::new(), Vec::new(), 0);
+    take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
+    while subacks < Currency::ALL.len() {
+        tokio::time::timeout(Duration::from_secs(30), read_more(&mut stream, &mut buf))
+            .await
+            .map_err(|_| "no SUBACK within 30 s".to_string())??;
+        take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
+    }
+
+    // Backfill while still reading (and acknowledging) live ticks into the buffer.
+    let fetch = fetch_history(http, "USD,EUR", since);
+    tokio::pin!(fetch);
+    let (history, gaps, interval) = loop {
+        if !acks.is_empty() {
+            stream
+                .write_all(&acks)
+                .await
+                .map_err(|e| format!("puback: {e}"))?;
+            acks.clear();
+        }
+        tokio::select! {
+            result = &mut fetch => break result?,
+            read = read_more(&mut stream, &mut buf) => {
+                read?;
+                take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
+            }
+            _ = ctx.stop.cancelled() => return Ok(()),
+        }
+    };
+    log.gaps += gaps;
+    let mut last: [Option<Timedate>; 2] = [None, None];
+    let slot = |c: Currency| usize::from(c == Currency::EUR);
+    let deliver = |tick: &Tick, log: &mut ClientLog, last: &mut [Option<Timedate>; 2]| {
+        let l = &mut last[slot(tick.currency)];
+        if l.is_none_or(|l| tick.timedate > l) {
+            *l = Some(tick.timedate);
+            ctx.delivered(log, tick);
+        }
+    };
+    let mut history = history;
+    history.sort_by_key(|t| (t.timedate, t.currency));
+    for tick in &history {
+        deliver(tick, log, &mut last);
+    }
+    live.sort_by_key(|t| (t.timedate, t.currency));
+    for tick in live.drain(..) {
+        deliver(&tick, log, &mut last);
+    }
+
+    // Follow live.
+    loop {
+        if !acks.is_empty() {
+            stream
+                .write_all(&acks)
+                .await
+                .map_err(|e| format!("puback: {e}"))?;
+            acks.clear();
+        }
+        for tick in std::mem::take(&mut live) {
+            let prev = last[slot(tick.currency)];
+            if let (Some(prev), Some(interval)) = (prev, interval)
+                && tick.timedate > prev.next(interval)
+            {
+                // A live tick skipped a slot: history has the hole (or knows why not).
+                let from = Timedate::from_unix_millis(prev.unix_millis() + 1).unwrap_or(prev);
+                let (hole, gaps, _) = fetch_history(http, tick.currency.code(), from).await?;
+                log.gaps += gaps;
+                for t in hole.iter().filter(|t| t.timedate < tick.timedate) {
+                    deliver(t, log, &mut last);
+                }
+            }
+            deliver(&tick, log, &mut last);
+        }
+        tokio::select! {
+            read = read_more(&mut stream, &mut buf) => {
+                read?;
+                take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
+            }
+            _ = ctx.stop.cancelled() => {
+                let _ = stream.write_all(&[0xE0, 0]).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn table(args: &StormArgs, results: &[StormResult]) -> Table {
+    let mut t = Table::new(
+        &format!(
+            "Reconnect storm ({} clients): start within {}, backfill {}, then live (feed interval {})",
+            match args.client {
+                StormClient::Lean => "lean pricesub-equivalent",
+                StormClient::Pricesub => "pricesub SDK",
+            },
+            humantime::format_duration(args.within),
+            humantime::format_duration(args.backfill),
+            args.feed_interval
+        ),
+        &[
+            "clients",
+            "server",
+            "all live s",
+            "p50 live s",
+            "per-client catch-up p50 / max s",
+            "live/clients",
+            "errors",
+            "missing",
+            "duplicated",
+            "ticks delivered",
+            "server peak RSS MB",
+            "server CPU % (avg)",
+            "server CPU % (peak 250 ms)",
+            "harness CPU %",
+            "other CPU %",
+        ],
+    );
+    for r in results {
+        t.row(vec![
+            r.clients.to_string(),
+            match r.broker {
+                BrokerKind::Pricefeed => "pricefeed".into(),
+                BrokerKind::Mosquitto => "mosquitto + pricefeed --broker".into(),
+            },
+            r.all_live_seconds.map_or("not all".into(), |s| fmt_f(s, 2)),
+            fmt_f(r.live_p50_seconds, 2),
+            format!(
+                "{} / {}",
+                fmt_f(r.catch_up_p50_seconds, 2),
+                fmt_f(r.catch_up_max_seconds, 2)
+            ),
+            format!("{}/{}", r.live, r.clients),
+            r.errors.to_string(),
+            r.missing.to_string(),
+            r.duplicated.to_string(),
+            r.ticks_delivered.to_string(),
+            fmt_f(r.server_rss_peak_kb as f64 / 1024.0, 1),
+            fmt_f(r.server_cpu_percent, 0),
+            fmt_f(r.server_cpu_peak_percent, 0),
+            fmt_f(r.harness_cpu_percent, 0),
+            fmt_f(r.other_cpu_percent.max(0.0), 0),
+        ]);
+    }
+    for k in results
+        .iter()
+        .map(|r| r.clients)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let ours = results
+            .iter()
+            .find(|r| r.clients == k && r.broker == BrokerKind::Pricefeed);
+        let peer = results
+            .iter()
+            .find(|r| r.clients == k && r.broker == BrokerKind::Mosquitto);
+        if let (Some(a), Some(b)) = (ours, peer) {
+            t.row(vec![
+                k.to_string(),
+                "ratio pricefeed/mosquitto".into(),
+                report::ratio(
+                    a.all_live_seconds.unwrap_or(f64::NAN),
+                    b.all_live_seconds.unwrap_or(f64::NAN),
+                ),
+                report::ratio(a.live_p50_seconds, b.live_p50_seconds),
+                report::ratio(a.catch_up_max_seconds, b.catch_up_max_seconds),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                report::ratio(a.server_rss_peak_kb as f64, b.server_rss_peak_kb as f64),
+                report::ratio(a.server_cpu_percent, b.server_cpu_percent),
+                report::ratio(a.server_cpu_peak_percent, b.server_cpu_peak_percent),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    t
+}

@@ -1,0 +1,420 @@
+//! What the harness reads from Linux: CPU time and RSS of a process from `/proc`, the file
+//! descriptor limit, and the child processes it runs (our binaries, Mosquitto, nginx, wrk).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncBufReadExt;
+
+/// Clock ticks per second of the `utime`/`stime` fields (USER_HZ; 100 on every Linux we run on).
+pub fn clk_tck() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime of a process (all its threads), in seconds; `None` if it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(3) ppid(4) ... utime(14) stime(15); index = field - 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clk_tck())
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS")
+}
+
+/// The direct children of a process (nginx's workers).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A process and its direct children, for CPU and RSS sums.
+pub fn with_children(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    all.extend(children(pid));
+    all
+}
+
+/// CPU seconds spent by a set of processes between `start` and `stop`, as a share of one core.
+#[derive(Debug, Clone)]
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    started: Instant,
+    cpu: f64,
+}
+
+impl CpuMeter {
+    pub fn start(pids: Vec<u32>) -> CpuMeter {
+        let cpu = pids.iter().filter_map(|&p| cpu_seconds(p)).sum();
+        CpuMeter {
+            pids,
+            started: Instant::now(),
+            cpu,
+        }
+    }
+
+    /// The harness itself.
+    pub fn start_self() -> CpuMeter {
+        CpuMeter::start(vec![std::process::id()])
+    }
+
+    /// Percent of one core used since `start` (200% = both cores of a 2-core machine).
+    pub fn percent(&self) -> f64 {
+        let now: f64 = self.pids.iter().filter_map(|&p| cpu_seconds(p)).sum();
+        let wall = self.started.elapsed().as_secs_f64();
+        if wall <= 0.0 {
+            0.0
+        } else {
+            100.0 * (now - self.cpu) / wall
+        }
+    }
+}
+
+/// Busy CPU of the whole machine (every process, kernel included) since `start`, as a share of one
+/// core: what the measured processes did not use of it was used by something else.
+#[derive(Debug, Clone)]
+pub struct MachineMeter {
+    started: Instant,
+    busy: f64,
+}
+
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    // cpu user nice system idle iowait irq softirq steal ...
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle) as f64 / clk_tck()
+}
+
+impl MachineMeter {
+    pub fn start() -> MachineMeter {
+        MachineMeter {
+            started: Instant::now(),
+            busy: machine_busy_seconds(),
+        }
+    }
+
+    pub fn percent(&self) -> f64 {
+        let wall = self.started.elapsed().as_secs_f64();
+        if wall <= 0.0 {
+            0.0
+        } else {
+            100.0 * (machine_busy_seconds() - self.busy) / wall
+        }
+    }
+}
+
+/// Peak RSS and peak CPU (over `every` windows) of a set of processes, sampled in the background.
+pub struct Sampler {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<SamplerResult>,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SamplerResult {
+    pub peak_rss_kb: u64,
+    pub peak_cpu_percent: f64,
+    pub samples: usize,
+}
+
+impl Sampler {
+    pub fn start(pids: Vec<u32>, every: Duration) -> Sampler {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut out = SamplerResult::default();
+            let mut meter = CpuMeter::start(pids.clone());
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = token.cancelled() => break,
+                }
+                let rss: u64 = pids.iter().filter_map(|&p| rss_kb(p)).sum();
+                out.peak_rss_kb = out.peak_rss_kb.max(rss);
+                out.peak_cpu_percent = out.peak_cpu_percent.max(meter.percent());
+                out.samples += 1;
+                meter = CpuMeter::start(pids.clone());
+            }
+            out
+        });
+        Sampler { stop, task }
+    }
+
+    pub async fn finish(self) -> SamplerResult {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Raises the soft (and, if allowed, hard) RLIMIT_NOFILE to at least `want`; returns the soft
+/// limit now in force. Children inherit it.
+pub fn raise_nofile(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let soft = current.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return soft;
+    }
+    let hard = current.maximum.unwrap_or(u64::MAX);
+    // Try raising the hard limit too (root may); otherwise go as far as the hard limit allows.
+    let attempts = [
+        Rlimit {
+            current: Some(want),
+            maximum: Some(want.max(hard)),
+        },
+        Rlimit {
+            current: Some(want.min(hard)),
+            maximum: current.maximum,
+        },
+    ];
+    for limit in attempts {
+        if setrlimit(Resource::Nofile, limit).is_ok() {
+            break;
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Checks there are enough descriptors for `connections` sockets plus slack.
+pub fn ensure_nofile(connections: usize) -> anyhow::Result<u64> {
+    let want = (connections as u64) * 2 + 1024;
+    let got = raise_nofile(want);
+    if got < connections as u64 + 256 {
+        bail!(
+            "RLIMIT_NOFILE is {got}, too low for {connections} connections: run `ulimit -n {want}` first"
+        );
+    }
+    Ok(got)
+}
+
+/// Is a program on the PATH?
+pub fn have(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The path of a program on the PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// A port that was free a moment ago, for programs that cannot bind port 0 and report it.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub async fn wait_listening(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Stderr lines kept per child, at most.
+const LOG_LINES: usize = 2000;
+
+/// A child process with its stderr collected; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub pid: u32,
+    pub started: Instant,
+    child: tokio::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(program: &Path, args: &[String]) -> anyhow::Result<Proc> {
+        let name = program.file_name().map_or_else(
+            || program.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            // The binaries' own default filters keep rmqtt quiet; RUST_LOG=info would log every
+            // one of 10,000 connections.
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let pid = child.id().context("child has no pid")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = log.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut log = sink.lock().unwrap();
+                    if log.len() < LOG_LINES {
+                        log.push(line);
+                    }
+                }
+            });
+        }
+        Ok(Proc {
+            name,
+            pid,
+            started,
+            child,
+            log,
+        })
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `needle`; fails (with the log) if the process exits or
+    /// `within` passes.
+    pub async fn wait_for_log(&mut self, needle: &str, within: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return Ok(line);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.log().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not log {needle:?} within {within:?}:\n{}",
+                    self.name,
+                    self.log().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then SIGKILL after `within`.
+    pub async fn stop(mut self, within: Duration) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        if tokio::time::timeout(within, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Extracts `key=VALUE` from a text log line (tracing's default format without ANSI colours).
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    Some(
+        line[start..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+/// Runs a command to completion with a time limit; returns stdout (fails on a non-zero exit).
+pub async fn run_output(
+    program: &str,
+    args: &[String],
+    within: Duration,
+) -> anyhow::Result<String> {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    let out = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .with_context(|| format!("{program} did not finish within {within:?}"))??;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Size of a file in bytes (0 if absent).
+pub fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
