@@ -40,6 +40,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Live ticks kept while a backfill runs; a backfill this slow is retried from scratch.
 const BUFFER_MAX: usize = 100_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection attempts before an unreachable broker at start-up is reported as an error.
+const FIRST_ATTEMPTS: u32 = 3;
 
 /// What the stream delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,24 +161,31 @@ impl Follower {
         let mut backoff = BACKOFF_MIN;
         let mut broker = 0;
         let mut first = true;
+        let mut attempts = 0;
         self.resume_from = self.config.since;
         loop {
             let (host, port) = self.config.brokers[broker % self.config.brokers.len()].clone();
             let started = tokio::time::Instant::now();
+            attempts += 1;
             match self.session(&host, port, first, &stop).await? {
                 SessionEnd::Stopped | SessionEnd::Gone => return Ok(()),
-                // Before the first subscription a broken broker address is the user's to fix.
-                SessionEnd::Lost(reason) if !self.subscribed_once => {
+                // Before the first subscription a broken broker address is the user's to fix; a
+                // few tries first, so a busy broker (thousands of clients arriving at once) is not
+                // mistaken for a wrong address.
+                SessionEnd::Lost(reason) if !self.subscribed_once && attempts >= FIRST_ATTEMPTS => {
                     return Err(SubscribeError::Broker {
                         broker: format!("{host}:{port}"),
                         reason,
                     });
                 }
-                SessionEnd::Lost(why) => {
+                SessionEnd::Lost(why) if self.subscribed_once => {
                     tracing::warn!(broker = %format!("{host}:{port}"), reason = %why, "connection lost; reconnecting");
                 }
+                SessionEnd::Lost(why) => {
+                    tracing::debug!(broker = %format!("{host}:{port}"), reason = %why, "first connection failed; trying again");
+                }
             }
-            first = false;
+            first = !self.subscribed_once;
             // A connection that lived a while earns a fresh backoff.
             if started.elapsed() > BACKOFF_MAX * 3 {
                 backoff = BACKOFF_MIN;
