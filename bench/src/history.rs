@@ -36,6 +36,12 @@ pub struct HistoryArgs {
     /// Length of each single-connection wrk run (latency without queueing; 0s: skip).
     #[arg(long, default_value = "10s")]
     pub wrk_single_duration: String,
+    /// On a shared machine: run wrk again (up to --attempts times in all) when other processes
+    /// took more than this share of a core during it (percent).
+    #[arg(long, default_value_t = 25.0)]
+    pub max_other_cpu: f64,
+    #[arg(long, default_value_t = 3)]
+    pub attempts: usize,
     /// Repetitions of each query at the store level.
     #[arg(long, default_value_t = 50)]
     pub store_reps: usize,
@@ -55,6 +61,9 @@ pub struct Wrk {
     pub server_cpu_percent: f64,
     /// The machine's busy CPU minus the server's: wrk and anything else running.
     pub wrk_and_other_cpu_percent: f64,
+    /// Other long-lived processes that used the CPU meanwhile (not wrk, not the server).
+    pub other_top: Vec<String>,
+    pub other_percent: f64,
     pub raw: String,
 }
 
@@ -216,15 +225,15 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             args.wrk_connections,
             args.wrk_duration.as_str(),
         );
-        let ours = wrk(load, &ours_url, vec![api.proc.pid]).await?;
-        let peer = wrk(load, &nginx_url, nginx_pids.clone()).await?;
+        let ours = wrk(args.retry(), load, &ours_url, vec![api.proc.pid]).await?;
+        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
         let (ours_single, nginx_single) = if args.wrk_single_duration.starts_with('0') {
             (None, None)
         } else {
             let single = (1, 1, args.wrk_single_duration.as_str());
             (
-                Some(wrk(single, &ours_url, vec![api.proc.pid]).await?),
-                Some(wrk(single, &nginx_url, nginx_pids.clone()).await?),
+                Some(wrk(args.retry(), single, &ours_url, vec![api.proc.pid]).await?),
+                Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?),
             )
         };
         let (store_median_ms, store_p99_ms) = store_times[i];
@@ -266,15 +275,31 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             args.wrk_connections,
             args.wrk_duration.as_str(),
         );
-        let ours = wrk_script(Some(&script), load, &ours_url, vec![api.proc.pid]).await?;
-        let peer = wrk(load, &nginx_url, nginx_pids.clone()).await?;
+        let ours = wrk_script(
+            args.retry(),
+            Some(&script),
+            load,
+            &ours_url,
+            vec![api.proc.pid],
+        )
+        .await?;
+        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
         let (ours_single, nginx_single) = if args.wrk_single_duration.starts_with('0') {
             (None, None)
         } else {
             let single = (1, 1, args.wrk_single_duration.as_str());
             (
-                Some(wrk_script(Some(&script), single, &ours_url, vec![api.proc.pid]).await?),
-                Some(wrk(single, &nginx_url, nginx_pids.clone()).await?),
+                Some(
+                    wrk_script(
+                        args.retry(),
+                        Some(&script),
+                        single,
+                        &ours_url,
+                        vec![api.proc.pid],
+                    )
+                    .await?,
+                ),
+                Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?),
             )
         };
         let (store_median_ms, store_p99_ms) = store_times[0];
@@ -332,22 +357,64 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
 
 /// One wrk run with (threads, connections, duration).
 async fn wrk(
+    retry: Retry,
     (threads, connections, duration): (usize, usize, &str),
     url: &str,
     pids: Vec<u32>,
 ) -> anyhow::Result<Wrk> {
-    wrk_script(None, (threads, connections, duration), url, pids).await
+    wrk_script(retry, None, (threads, connections, duration), url, pids).await
+}
+
+/// How often to measure again while other processes on this shared machine are busy.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempts: usize,
+    max_other_cpu: f64,
+}
+
+impl HistoryArgs {
+    fn retry(&self) -> Retry {
+        Retry {
+            attempts: self.attempts,
+            max_other_cpu: self.max_other_cpu,
+        }
+    }
+}
+
+/// [`wrk_script_once`], measured again (up to `retry.attempts` times in all) while other processes
+/// take more than `retry.max_other_cpu` percent of a core.
+async fn wrk_script(
+    retry: Retry,
+    script: Option<&std::path::Path>,
+    load: (usize, usize, &str),
+    url: &str,
+    pids: Vec<u32>,
+) -> anyhow::Result<Wrk> {
+    let mut attempt = 1;
+    loop {
+        let w = wrk_script_once(script, load, url, pids.clone()).await?;
+        if w.other_percent <= retry.max_other_cpu || attempt >= retry.attempts {
+            return Ok(w);
+        }
+        eprintln!(
+            "history: other processes took {:.0}% of a core ({:?}); measuring again in 15 s",
+            w.other_percent, w.other_top
+        );
+        attempt += 1;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+    }
 }
 
 /// [`wrk`] with a Lua script that writes the requests.
-async fn wrk_script(
+async fn wrk_script_once(
     script: Option<&std::path::Path>,
     (threads, connections, duration): (usize, usize, &str),
     url: &str,
     pids: Vec<u32>,
 ) -> anyhow::Result<Wrk> {
-    let cpu = CpuMeter::start(pids);
+    let cpu = CpuMeter::start(pids.clone());
     let machine = sys::MachineMeter::start();
+    let others = sys::OthersMeter::start();
     let mut wrk_args = vec![
         format!("-t{threads}"),
         format!("-c{connections}"),
@@ -366,6 +433,10 @@ async fn wrk_script(
     let mut w = parse_wrk(&raw).with_context(|| format!("cannot read wrk's output:\n{raw}"))?;
     w.server_cpu_percent = server_cpu_percent;
     w.wrk_and_other_cpu_percent = machine_percent - server_cpu_percent;
+    let mut ours = pids;
+    ours.push(std::process::id());
+    w.other_percent = others.sum(&ours);
+    w.other_top = others.top(&ours, 3);
     Ok(w)
 }
 
@@ -394,6 +465,8 @@ fn parse_wrk(raw: &str) -> Option<Wrk> {
         socket_errors: String::new(),
         server_cpu_percent: f64::NAN,
         wrk_and_other_cpu_percent: f64::NAN,
+        other_top: Vec::new(),
+        other_percent: 0.0,
         raw: raw.to_string(),
     };
     for line in raw.lines() {

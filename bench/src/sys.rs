@@ -147,6 +147,78 @@ impl MachineMeter {
     }
 }
 
+/// CPU seconds and name of every process now running.
+fn all_processes() -> std::collections::HashMap<u32, (String, f64)> {
+    let mut out = std::collections::HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|n| n.trim().to_string())
+                .unwrap_or_default();
+            if let Some(cpu) = cpu_seconds(pid) {
+                out.insert(pid, (name, cpu));
+            }
+        }
+    }
+    out
+}
+
+/// Which other processes used the CPU in a window: every process's CPU time at the start and at
+/// the end (processes that lived only inside the window are not seen).
+pub struct OthersMeter {
+    started: Instant,
+    before: std::collections::HashMap<u32, (String, f64)>,
+}
+
+impl OthersMeter {
+    pub fn start() -> OthersMeter {
+        OthersMeter {
+            started: Instant::now(),
+            before: all_processes(),
+        }
+    }
+
+    /// Percent of a core used by processes other than `ours` and their children.
+    pub fn sum(&self, ours: &[u32]) -> f64 {
+        self.usage(ours).iter().map(|(pct, _)| pct).sum()
+    }
+
+    /// The busiest processes other than `ours` and their children, as "name pid: N%".
+    pub fn top(&self, ours: &[u32], n: usize) -> Vec<String> {
+        self.usage(ours)
+            .into_iter()
+            .take(n)
+            .map(|(pct, who)| format!("{who}: {pct:.0}%"))
+            .collect()
+    }
+
+    fn usage(&self, ours: &[u32]) -> Vec<(f64, String)> {
+        let wall = self.started.elapsed().as_secs_f64().max(1e-6);
+        let mut mine: Vec<u32> = ours.to_vec();
+        for &p in ours {
+            mine.extend(children(p));
+        }
+        let mut used: Vec<(f64, String)> = all_processes()
+            .into_iter()
+            .filter(|(pid, _)| !mine.contains(pid))
+            .map(|(pid, (name, cpu))| {
+                let before = self.before.get(&pid).map_or(0.0, |(_, c)| *c);
+                (100.0 * (cpu - before) / wall, format!("{name} {pid}"))
+            })
+            .filter(|(pct, _)| *pct >= 1.0)
+            .collect();
+        used.sort_by(|a, b| b.0.total_cmp(&a.0));
+        used
+    }
+}
+
 /// Peak RSS and peak CPU (over `every` windows) of a set of processes, sampled in the background.
 pub struct Sampler {
     stop: tokio_util::sync::CancellationToken,
