@@ -19,6 +19,8 @@
 //! - `query`: the strict reading of the `/v1/ticks` query string into a [`TicksQuery`].
 //! - `cursor`: the continuation [`Cursor`] and the merged order it points into.
 //! - `page`: the `/v1/ticks` handler: fetch, merge, cut and encode one page.
+//! - `tail`: the newest ticks of each currency held in memory, already encoded, so that the
+//!   questions nearly every client asks (what happened since a recent time) skip SQLite.
 //! - `health`: `/healthz`, `/readyz` and the `/metrics` scrape.
 //! - [`metrics`]: [`Metrics`], the process's counters in Prometheus text format.
 //! - `error`: [`ApiError`], every failure and its JSON body.
@@ -29,6 +31,7 @@ mod health;
 pub mod metrics;
 mod page;
 mod query;
+mod tail;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -89,6 +92,7 @@ pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(Arc::new(page::PageCache::default())))
+        .layer(axum::Extension(Arc::new(tail::Tail::default())))
         .with_state(Arc::new(state))
         .layer(
             ServiceBuilder::new()

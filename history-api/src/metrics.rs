@@ -30,6 +30,34 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_sum_micros: AtomicU64,
     request_count: AtomicU64,
+    answers_by_source: [AtomicU64; AnswerSource::ALL.len()],
+}
+
+/// Where a `/v1/ticks` answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerSource {
+    /// The same question was answered at the same store version before.
+    Cache,
+    /// The tail of the store held in memory.
+    Memory,
+    /// SQLite.
+    Store,
+}
+
+impl AnswerSource {
+    const ALL: [AnswerSource; 3] = [
+        AnswerSource::Cache,
+        AnswerSource::Memory,
+        AnswerSource::Store,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AnswerSource::Cache => "cache",
+            AnswerSource::Memory => "memory",
+            AnswerSource::Store => "store",
+        }
+    }
 }
 
 fn index(currency: Currency) -> usize {
@@ -63,6 +91,11 @@ impl Metrics {
     /// `pricefeed_slots_missed_total{currency}`.
     pub fn slot_missed(&self, currency: Currency) {
         self.slots_missed[index(currency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `pricefeed_history_answers_total{source}`.
+    pub fn history_answer(&self, source: AnswerSource) {
+        self.answers_by_source[source as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// `pricefeed_history_requests_total{status}` and
@@ -147,6 +180,21 @@ impl Metrics {
         }
         header(
             &mut out,
+            "pricefeed_history_answers_total",
+            "counter",
+            "Tick pages answered, by where they came from: cache (the same question at the same \
+             store version), memory (the recent tail) or store (SQLite).",
+        );
+        for (source, n) in AnswerSource::ALL.iter().zip(&self.answers_by_source) {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "pricefeed_history_answers_total{{source=\"{}\"}} {n}",
+                source.label()
+            );
+        }
+        header(
+            &mut out,
             "pricefeed_history_request_duration_seconds",
             "histogram",
             "Time to answer an HTTP request of the history API.",
@@ -203,6 +251,9 @@ mod tests {
         m.history_request(200, Duration::from_micros(800));
         m.history_request(200, Duration::from_millis(30));
         m.history_request(400, Duration::from_secs(11));
+        m.history_answer(AnswerSource::Memory);
+        m.history_answer(AnswerSource::Memory);
+        m.history_answer(AnswerSource::Store);
         let text = m.render();
         for line in [
             "# TYPE pricefeed_ticks_published_total counter",
@@ -214,6 +265,9 @@ mod tests {
             r#"pricefeed_source_errors_total{source="odd \"name\"\\",kind="http\n500"} 1"#,
             "pricefeed_history_requests_total{status=\"200\"} 2",
             "pricefeed_history_requests_total{status=\"400\"} 1",
+            "pricefeed_history_answers_total{source=\"cache\"} 0",
+            "pricefeed_history_answers_total{source=\"memory\"} 2",
+            "pricefeed_history_answers_total{source=\"store\"} 1",
             "# TYPE pricefeed_history_request_duration_seconds histogram",
             "pricefeed_history_request_duration_seconds_bucket{le=\"0.001\"} 1",
             "pricefeed_history_request_duration_seconds_bucket{le=\"0.025\"} 1",

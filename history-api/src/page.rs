@@ -8,13 +8,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use futures_util::future::try_join_all;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use ticks::{Currency, Gap, Tick, Timedate};
 
 use crate::cursor::{Cursor, PageKey};
+use crate::metrics::AnswerSource;
 use crate::query::TicksQuery;
+use crate::tail::{Tail, Version};
 use crate::{ApiError, ApiState};
 
 /// Recent answers, each valid while the store's version is unchanged. Clients that reconnect
@@ -27,8 +28,6 @@ pub(crate) struct PageCache {
 }
 
 type CacheKey = (PageKey, Vec<Currency>, usize);
-/// `HistoryStore::version`.
-type Version = (u64, i64);
 const CACHE_ENTRIES: usize = 64;
 const CACHE_MAX_BYTES: usize = 256 * 1024;
 
@@ -64,119 +63,184 @@ fn json(body: Bytes) -> Response {
 pub(crate) async fn ticks(
     State(state): State<Arc<ApiState>>,
     Extension(cache): Extension<Arc<PageCache>>,
+    Extension(tail): Extension<Arc<Tail>>,
     query: TicksQuery,
 ) -> Result<Response, ApiError> {
-    // Read before the queries: a commit while they run makes this entry stale, never wrong.
+    // Read before anything else: a commit after this makes what follows stale, never wrong.
     let version = state.store.version().map_err(ApiError::StoreUnavailable)?;
     let key: CacheKey = (query.start, query.currencies.clone(), query.limit);
     if let Some(body) = cache.get(&key, version) {
+        state.metrics.history_answer(AnswerSource::Cache);
         return Ok(json(body));
     }
-    let body = Bytes::from(page(&state, query).await?);
+    let recent = tail.at(version);
+    let body = match &recent {
+        Some(recent) if recent.covers(&query) => {
+            state.metrics.history_answer(AnswerSource::Memory);
+            encode(&state, &query, &recent.assemble(&query))?
+        }
+        _ => {
+            if recent.is_none() {
+                tail.refresh(state.store.clone());
+            }
+            state.metrics.history_answer(AnswerSource::Store);
+            from_store(&state, &query).await?
+        }
+    };
+    let body = Bytes::from(body);
     cache.put(key, version, body.clone());
     Ok(json(body))
 }
 
-async fn page(state: &ApiState, query: TicksQuery) -> Result<Vec<u8>, ApiError> {
+/// The ticks of one currency on a page: decoded from SQLite, or the wire bytes held in memory
+/// (already joined by commas).
+pub(crate) enum Run<'a> {
+    Ticks(&'a [Tick]),
+    Wire(&'a [u8]),
+}
+
+/// Everything a page says, before it is encoded.
+pub(crate) struct Assembled<'a> {
+    /// The page's ticks, per requested currency, in request order.
+    pub(crate) runs: Vec<(Currency, Run<'a>)>,
+    /// Oldest and newest stored tick time per requested currency, in request order.
+    pub(crate) bounds: Vec<Option<(Timedate, Timedate)>>,
+    /// The gaps of the requested currencies from the start key up to the page's end.
+    pub(crate) gaps: Vec<Gap>,
+    /// Where the next page starts, if the limit cut this one.
+    pub(crate) next: Option<PageKey>,
+}
+
+/// The first time of `currency` a page starting at `start` includes: at the start time, currencies
+/// ordered before the start key's were on the previous page. None: past the end of time.
+pub(crate) fn first_time(start: PageKey, currency: Currency) -> Option<Timedate> {
+    if currency >= start.currency {
+        Some(start.time)
+    } else {
+        Timedate::from_unix_millis(start.time.unix_millis() + 1)
+    }
+}
+
+/// Reads the page from SQLite, in one transaction so that ticks, bounds and gaps agree.
+pub(crate) async fn from_store(state: &ApiState, query: &TicksQuery) -> Result<Vec<u8>, ApiError> {
     let TicksQuery {
         start,
         currencies,
         limit,
-    } = query;
-    let store = &state.store;
-
-    // Per currency, the first `limit + 1` ticks at or after the start key: the page is a prefix of
-    // their merge, and the one extra tells whether (and where) the limit cut it.
-    let fetch_ticks = try_join_all(currencies.iter().map(|&currency| async move {
-        // At the start time, currencies ordered before the start key's were on the previous page.
-        let from = if currency >= start.currency {
-            Some(start.time)
-        } else {
-            Timedate::from_unix_millis(start.time.unix_millis() + 1)
-        };
-        match from {
-            Some(from) => store.ticks_since(currency, from, limit + 1).await,
-            None => Ok(Vec::new()),
-        }
-    }));
-    let fetch_bounds = try_join_all(currencies.iter().map(|&c| store.bounds(c)));
-    // Gaps up to any end; the ones past the page's end are dropped below, once that end is known.
-    let fetch_gaps = store.gaps_overlapping(currencies.clone(), start.time, None);
-    let (lists, bounds, mut gaps) = tokio::try_join!(fetch_ticks, fetch_bounds, fetch_gaps)
+    } = query.clone();
+    let (lists, bounds, gaps) = state
+        .store
+        .snapshot(move |snapshot| {
+            // Per currency, the first `limit + 1` ticks at or after the start key: the page is a
+            // prefix of their merge, and the one extra tells whether (and where) the limit cut it.
+            let mut lists = Vec::with_capacity(currencies.len());
+            let mut bounds = Vec::with_capacity(currencies.len());
+            for &currency in &currencies {
+                lists.push(match first_time(start, currency) {
+                    Some(from) => snapshot.ticks_since(currency, from, limit + 1)?,
+                    None => Vec::new(),
+                });
+                bounds.push(
+                    snapshot
+                        .bounds(currency)?
+                        .map(|(oldest, newest)| (oldest.timedate, newest.timedate)),
+                );
+            }
+            // Gaps up to any end; the ones past the page's end are dropped below.
+            let gaps = snapshot.gaps_overlapping(&currencies, start.time, None)?;
+            Ok((lists, bounds, gaps))
+        })
+        .await
         .map_err(ApiError::StoreUnavailable)?;
 
-    let (taken, next) = cut(&lists, limit);
-    if let Some(end) = next {
-        gaps.retain(|gap| gap.from < end.time);
-    }
+    let keyed: Vec<(Currency, &[Tick])> = query
+        .currencies
+        .iter()
+        .zip(&lists)
+        .map(|(&c, list)| (c, list.as_slice()))
+        .collect();
+    let (taken, next) = cut(&keyed, |t| t.timedate, limit);
+    let page = Assembled {
+        runs: keyed
+            .iter()
+            .zip(&taken)
+            .map(|(&(c, list), &n)| (c, Run::Ticks(&list[..n])))
+            .collect(),
+        bounds,
+        gaps: gaps
+            .into_iter()
+            .filter(|gap| next.is_none_or(|end| gap.from < end.time))
+            .collect(),
+        next,
+    };
+    encode(state, query, &page)
+}
 
-    // The queries ran side by side, so a tick stored in between may be in one answer and not the
-    // other: widen the bounds by what is returned, so `latest` is never older than a returned tick.
-    let returned = lists.iter().zip(&taken).map(|(list, &n)| &list[..n]);
-    let mut earliest: Option<Timedate> = None;
-    let mut latest: Option<Timedate> = None;
-    let edges = bounds
+/// The page's JSON.
+pub(crate) fn encode(
+    state: &ApiState,
+    query: &TicksQuery,
+    page: &Assembled<'_>,
+) -> Result<Vec<u8>, ApiError> {
+    let edges = page
+        .bounds
         .iter()
         .flatten()
-        .flat_map(|(oldest, newest)| [oldest.timedate, newest.timedate])
-        .chain(returned.flat_map(|page| {
-            page.first()
-                .into_iter()
-                .chain(page.last())
-                .map(|t| t.timedate)
-        }));
-    for t in edges {
-        earliest = Some(earliest.map_or(t, |e| e.min(t)));
-        latest = Some(latest.map_or(t, |l| l.max(t)));
-    }
-
-    let next_cursor = next.map(|key| {
+        .flat_map(|&(oldest, newest)| [oldest, newest]);
+    let earliest = edges.clone().min();
+    let latest = edges.max();
+    let next_cursor = page.next.map(|key| {
         Cursor {
             key,
-            currencies: currencies.clone(),
+            currencies: query.currencies.clone(),
         }
         .to_string()
     });
-    let by_currency: Vec<(Currency, WireTicks<'_>)> = currencies
-        .iter()
-        .zip(lists.iter().zip(&taken))
-        .map(|(&c, (list, &n))| (c, WireTicks(&list[..n])))
-        .collect();
     let interval = state.interval.to_string();
     let body = PageBody {
-        since: start.time,
-        currencies: &currencies,
-        ticks: ByCurrency(&by_currency),
-        gaps: &gaps,
+        since: query.start.time,
+        currencies: &query.currencies,
+        runs: &page.runs,
+        gaps: &page.gaps,
         earliest,
-        since_before_earliest: earliest.is_some_and(|e| start.time < e),
+        since_before_earliest: earliest.is_some_and(|e| query.start.time < e),
         latest,
         interval: &interval,
         demo: state.demo,
         next_cursor: next_cursor.as_deref(),
     };
-
-    let returned_count: usize = taken.iter().sum();
-    let mut bytes = Vec::with_capacity(512 + 64 * returned_count);
+    let size: usize = page
+        .runs
+        .iter()
+        .map(|(_, run)| match run {
+            Run::Ticks(ticks) => 64 * ticks.len(),
+            Run::Wire(bytes) => bytes.len(),
+        })
+        .sum();
+    let mut bytes = Vec::with_capacity(512 + 64 * page.gaps.len() + size);
     write_page(&mut bytes, &body).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(bytes)
 }
 
 /// How many ticks of each list the first `limit` of the merged order take, and the key of the
 /// first tick after them, if any. Each list is one currency's, oldest first, in currency order.
-fn cut(lists: &[Vec<Tick>], limit: usize) -> (Vec<usize>, Option<PageKey>) {
+pub(crate) fn cut<T>(
+    lists: &[(Currency, &[T])],
+    time: impl Fn(&T) -> Timedate,
+    limit: usize,
+) -> (Vec<usize>, Option<PageKey>) {
     let mut taken = vec![0; lists.len()];
     let head = |taken: &[usize]| {
         lists
             .iter()
             .zip(taken)
             .enumerate()
-            .filter_map(|(i, (list, &n))| {
+            .filter_map(|(i, (&(currency, list), &n))| {
                 list.get(n).map(|t| {
                     (
                         PageKey {
-                            time: t.timedate,
-                            currency: t.currency,
+                            time: time(t),
+                            currency,
                         },
                         i,
                     )
@@ -197,7 +261,7 @@ fn cut(lists: &[Vec<Tick>], limit: usize) -> (Vec<usize>, Option<PageKey>) {
 struct PageBody<'a> {
     since: Timedate,
     currencies: &'a [Currency],
-    ticks: ByCurrency<'a, WireTicks<'a>>,
+    runs: &'a [(Currency, Run<'a>)],
     gaps: &'a [Gap],
     earliest: Option<Timedate>,
     since_before_earliest: bool,
@@ -220,12 +284,10 @@ impl<T: Serialize> Serialize for ByCurrency<'_, T> {
     }
 }
 
-/// One currency's ticks of the page.
-struct WireTicks<'a>(&'a [Tick]);
-
 /// Writes the page. The envelope's fields go through serde; each tick is written by
-/// `Tick::write_wire`, the MQTT payload writer, so the bytes are the payload's by construction and
-/// a page of thousands of ticks costs no per-field serde work.
+/// `Tick::write_wire`, the MQTT payload writer (here or, for the tail held in memory, when that was
+/// read), so the bytes are the payload's by construction and a page of thousands of ticks costs no
+/// per-field serde work.
 fn write_page(out: &mut Vec<u8>, body: &PageBody<'_>) -> serde_json::Result<()> {
     let field = |out: &mut Vec<u8>, name: &str| {
         out.extend_from_slice(b",\"");
@@ -238,17 +300,22 @@ fn write_page(out: &mut Vec<u8>, body: &PageBody<'_>) -> serde_json::Result<()> 
     serde_json::to_writer(&mut *out, body.currencies)?;
     field(out, "ticks");
     out.push(b'{');
-    for (i, (currency, ticks)) in body.ticks.0.iter().enumerate() {
+    for (i, (currency, run)) in body.runs.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         serde_json::to_writer(&mut *out, currency.code())?;
         out.extend_from_slice(b":[");
-        for (j, tick) in ticks.0.iter().enumerate() {
-            if j > 0 {
-                out.push(b',');
+        match run {
+            Run::Ticks(ticks) => {
+                for (j, tick) in ticks.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    tick.write_wire(out);
+                }
             }
-            tick.write_wire(out);
+            Run::Wire(bytes) => out.extend_from_slice(bytes),
         }
         out.push(b']');
     }
@@ -293,16 +360,17 @@ mod tests {
     #[test]
     fn cuts_the_merged_order() {
         use Currency::{EUR, USD};
-        let lists = vec![
-            vec![tick(USD, 0), tick(USD, 5), tick(USD, 10)],
-            vec![tick(EUR, 5), tick(EUR, 10)],
-        ];
-        assert_eq!(cut(&lists, 1), (vec![1, 0], Some(key(USD, 5))));
-        assert_eq!(cut(&lists, 2), (vec![2, 0], Some(key(EUR, 5))));
-        assert_eq!(cut(&lists, 3), (vec![2, 1], Some(key(USD, 10))));
-        assert_eq!(cut(&lists, 4), (vec![3, 1], Some(key(EUR, 10))));
-        assert_eq!(cut(&lists, 5), (vec![3, 2], None));
-        assert_eq!(cut(&lists, 50), (vec![3, 2], None));
-        assert_eq!(cut(&[vec![], vec![]], 5), (vec![0, 0], None));
+        let usd = [tick(USD, 0), tick(USD, 5), tick(USD, 10)];
+        let eur = [tick(EUR, 5), tick(EUR, 10)];
+        let lists: [(Currency, &[Tick]); 2] = [(USD, &usd), (EUR, &eur)];
+        let cut = |limit| cut(&lists, |t| t.timedate, limit);
+        assert_eq!(cut(1), (vec![1, 0], Some(key(USD, 5))));
+        assert_eq!(cut(2), (vec![2, 0], Some(key(EUR, 5))));
+        assert_eq!(cut(3), (vec![2, 1], Some(key(USD, 10))));
+        assert_eq!(cut(4), (vec![3, 1], Some(key(EUR, 10))));
+        assert_eq!(cut(5), (vec![3, 2], None));
+        assert_eq!(cut(50), (vec![3, 2], None));
+        let empty: [(Currency, &[Tick]); 2] = [(USD, &[]), (EUR, &[])];
+        assert_eq!(super::cut(&empty, |t| t.timedate, 5), (vec![0, 0], None));
     }
 }

@@ -55,3 +55,80 @@ async fn a_commit_from_another_process_is_in_the_next_answer() {
     let with_gap = request(&app, "GET", &uri).await;
     assert_eq!(with_gap.json()["gaps"].as_array().unwrap().len(), 1);
 }
+
+/// How many answers came from `source` (`cache`, `memory`, `store`), per `/metrics`.
+fn answers_from(metrics: &history_api::Metrics, source: &str) -> u64 {
+    let prefix = format!("pricefeed_history_answers_total{{source=\"{source}\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_tail_in_memory_follows_commits_from_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("feed.db");
+    let served = HistoryStore::open(&path).unwrap();
+    let publisher = HistoryStore::open(&path).unwrap();
+    publisher
+        .insert_ticks(
+            (0..20)
+                .flat_map(|i| Currency::ALL.map(|c| tick(c, i)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let state = state(served);
+    let metrics = state.metrics.clone();
+    let app = app(state);
+    // A different `since` each time, so the answer cache never serves: what is measured is the
+    // tail, which the first question starts reading in the background.
+    let mut asked = 0;
+    let mut ask = |app: &axum::Router| {
+        asked += 1;
+        let uri = format!("/v1/ticks?since={}", slot(asked % 10));
+        let app = app.clone();
+        async move { (request(&app, "GET", &uri).await, asked % 10) }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while answers_from(&metrics, "memory") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tail was never used"
+        );
+        let (answer, from) = ask(&app).await;
+        assert_eq!(answer.raw_ticks(Currency::USD).len(), 20 - from as usize);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        answers_from(&metrics, "store") >= 1,
+        "the first answer came from SQLite"
+    );
+
+    // Another process commits: the copy in memory is stale, and the next answer must not use it.
+    publisher
+        .insert_tick(tick(Currency::EUR, 20))
+        .await
+        .unwrap();
+    let memory_before = answers_from(&metrics, "memory");
+    let (answer, from) = ask(&app).await;
+    let eur = answer.raw_ticks(Currency::EUR);
+    assert_eq!(eur.len(), 21 - from as usize, "{}", answer.text());
+    assert_eq!(eur.last().unwrap(), &tick(Currency::EUR, 20).payload());
+    assert_eq!(answer.json()["latest"], slot(20).to_string());
+    assert_eq!(answers_from(&metrics, "memory"), memory_before);
+
+    // Once refreshed, the tail serves again, with the new tick.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while answers_from(&metrics, "memory") == memory_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tail was never refreshed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let (answer, from) = ask(&app).await;
+        assert_eq!(answer.raw_ticks(Currency::EUR).len(), 21 - from as usize);
+    }
+}

@@ -21,6 +21,6 @@ pub mod wire;
 
 pub use currency::{Currency, STATUS_TOPIC, TOPIC_FILTER_ALL};
 pub use price::{Price, PriceError};
-pub use store::{FeedInfo, Gap, GapReason, HistoryStore, StoreError};
+pub use store::{FeedInfo, Gap, GapReason, HistoryStore, Snapshot, StoreError};
 pub use time::{Interval, Timedate, TimedateError};
 pub use wire::{Tick, WireError};

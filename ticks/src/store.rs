@@ -278,6 +278,27 @@ impl HistoryStore {
         out
     }
 
+    /// Runs `f` on a read connection inside one read transaction: every read through the
+    /// [`Snapshot`] sees the same commit, so the parts of an answer agree with each other.
+    pub fn snapshot_blocking<T>(
+        &self,
+        f: impl FnOnce(&Snapshot<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.read_blocking(|conn| {
+            // Rolled back on drop: it only ever read.
+            let tx = conn.unchecked_transaction()?;
+            f(&Snapshot { conn: &tx })
+        })
+    }
+
+    /// [`HistoryStore::snapshot_blocking`] on tokio's blocking pool: one hand-off for all of it.
+    pub async fn snapshot<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Snapshot<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.blocking(move |s| s.snapshot_blocking(f)).await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&HistoryStore) -> Result<T, StoreError> + Send + 'static,
@@ -414,6 +435,55 @@ impl HistoryStore {
     }
 }
 
+/// One consistent view of the store, from [`HistoryStore::snapshot`].
+pub struct Snapshot<'c> {
+    conn: &'c Connection,
+}
+
+impl Snapshot<'_> {
+    /// Up to `limit` ticks of `currency` with `timedate >= from`, oldest first.
+    pub fn ticks_since(
+        &self,
+        currency: Currency,
+        from: Timedate,
+        limit: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        ticks_since(self.conn, currency, from, limit)
+    }
+
+    /// The newest `count` ticks of `currency`, oldest first.
+    pub fn newest_ticks(&self, currency: Currency, count: usize) -> Result<Vec<Tick>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ts, price FROM ticks WHERE currency = ?1 ORDER BY ts DESC LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![
+            currency.numeric(),
+            i64::try_from(count).unwrap_or(i64::MAX)
+        ])?;
+        let mut out = Vec::with_capacity(count.min(1 << 16));
+        while let Some(row) = rows.next()? {
+            out.push(row_tick(currency, row.get(0)?, price_text(row)?)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The gaps of these currencies that overlap `[from, until)` (`until = None`: no end).
+    pub fn gaps_overlapping(
+        &self,
+        currencies: &[Currency],
+        from: Timedate,
+        until: Option<Timedate>,
+    ) -> Result<Vec<Gap>, StoreError> {
+        gaps_overlapping(self.conn, currencies, from, until)
+    }
+
+    /// The oldest and newest stored tick of `currency`.
+    pub fn bounds(&self, currency: Currency) -> Result<Option<(Tick, Tick)>, StoreError> {
+        bounds(self.conn, currency)
+    }
+}
+
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -497,13 +567,16 @@ fn ticks_since(
     ])?;
     let mut out = Vec::with_capacity(limit.min(4096));
     while let Some(row) = rows.next()? {
-        let price: rusqlite::types::ValueRef<'_> = row.get_ref(1)?;
-        let price = price
-            .as_str()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        out.push(row_tick(currency, row.get(0)?, price)?);
+        out.push(row_tick(currency, row.get(0)?, price_text(row)?)?);
     }
     Ok(out)
+}
+
+/// Column 1 of a tick row, the price text, without copying it.
+fn price_text<'r>(row: &'r rusqlite::Row<'_>) -> Result<&'r str, StoreError> {
+    row.get_ref(1)?
+        .as_str()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn gaps_overlapping(

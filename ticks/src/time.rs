@@ -32,6 +32,9 @@ pub enum TimedateError {
 }
 
 impl Timedate {
+    /// The earliest instant there is: 1970-01-01T00:00:00Z.
+    pub const EPOCH: Timedate = Timedate(MIN_MS);
+
     /// From milliseconds since the Unix epoch; `None` outside the years 1970–9999.
     pub fn from_unix_millis(ms: i64) -> Option<Timedate> {
         (MIN_MS..=MAX_MS).contains(&ms).then_some(Timedate(ms))
