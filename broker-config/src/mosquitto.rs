@@ -37,7 +37,11 @@ pub fn config(bind: &str, port: u16, password_file: &Path, acl_file: &Path) -> S
          # Keep QoS 1 ticks for slow subscribers rather than dropping them at the default 1000.\n\
          max_queued_messages 10000\n\
          # Retained prices live in memory; the publisher re-publishes the latest stored tick at start.\n\
-         persistence false\n",
+         persistence false\n\
+         # Skip the per-delivery check for a client that matches twice (overlapping filters get a\n\
+         # copy per filter, as MQTT allows): it compares client ids against every earlier\n\
+         # recipient, quadratic in subscribers, and stalls Mosquitto 2.0 beyond a few thousand.\n\
+         allow_duplicate_messages true\n",
         password_file.display(),
         acl_file.display()
     )
