@@ -81,6 +81,57 @@ pub struct QueryResult {
     pub ours_single: Option<Wrk>,
     pub nginx_single: Option<Wrk>,
     pub ratio_rps: f64,
+    /// Where history-api's answers to our wrk runs came from, per its `/metrics`:
+    /// `pricefeed_history_answers_total` for cache, memory (the tail) and store (SQLite).
+    pub answered_from: AnsweredFrom,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct AnsweredFrom {
+    pub cache: u64,
+    pub memory: u64,
+    pub store: u64,
+}
+
+impl AnsweredFrom {
+    async fn read(api: std::net::SocketAddr) -> anyhow::Result<AnsweredFrom> {
+        let (status, body) = http_get(api, "/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics: HTTP {status}");
+        let text = String::from_utf8(body)?;
+        let count = |source: &str| -> anyhow::Result<u64> {
+            let prefix = format!("pricefeed_history_answers_total{{source=\"{source}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .context("no pricefeed_history_answers_total in /metrics")?
+                .trim()
+                .parse()
+                .context("bad pricefeed_history_answers_total")
+        };
+        Ok(AnsweredFrom {
+            cache: count("cache")?,
+            memory: count("memory")?,
+            store: count("store")?,
+        })
+    }
+
+    fn since(self, before: AnsweredFrom) -> AnsweredFrom {
+        AnsweredFrom {
+            cache: self.cache - before.cache,
+            memory: self.memory - before.memory,
+            store: self.store - before.store,
+        }
+    }
+
+    fn describe(self) -> String {
+        let total = (self.cache + self.memory + self.store).max(1) as f64;
+        let pct = |n: u64| 100.0 * n as f64 / total;
+        format!(
+            "{:.0}/{:.0}/{:.0}",
+            pct(self.cache),
+            pct(self.memory),
+            pct(self.store)
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -225,16 +276,21 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             args.wrk_connections,
             args.wrk_duration.as_str(),
         );
+        let before = AnsweredFrom::read(api.addr).await?;
         let ours = wrk(args.retry(), load, &ours_url, vec![api.proc.pid]).await?;
-        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
-        let (ours_single, nginx_single) = if args.wrk_single_duration.starts_with('0') {
-            (None, None)
+        let ours_single = if args.wrk_single_duration.starts_with('0') {
+            None
         } else {
             let single = (1, 1, args.wrk_single_duration.as_str());
-            (
-                Some(wrk(args.retry(), single, &ours_url, vec![api.proc.pid]).await?),
-                Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?),
-            )
+            Some(wrk(args.retry(), single, &ours_url, vec![api.proc.pid]).await?)
+        };
+        let answered_from = AnsweredFrom::read(api.addr).await?.since(before);
+        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
+        let nginx_single = if args.wrk_single_duration.starts_with('0') {
+            None
+        } else {
+            let single = (1, 1, args.wrk_single_duration.as_str());
+            Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?)
         };
         let (store_median_ms, store_p99_ms) = store_times[i];
         results.push(QueryResult {
@@ -249,32 +305,50 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             nginx: peer,
             ours_single,
             nginx_single,
+            answered_from,
         });
     }
     // The answers above are cached by history-api (same URL, unchanged store). Defeat the cache:
-    // each request asks for a different `since` (1,000 values, one second apart, ending an hour
-    // before the last tick), so every answer is computed; nginx serves the last-hour file.
-    {
-        let script = tmp.path().join("uncached.lua");
-        let hour_ago_s = hour_ago.unix_millis() / 1000;
+    // each request asks for a different `since` (1,000 values, one second apart), so every answer
+    // is computed; nginx serves the file of the same query. Near the end of the store the answers
+    // come from the tail history-api holds in memory; at the start of the store, from SQLite.
+    let hour_ago_s = hour_ago.unix_millis() / 1000;
+    let first_s = first.unix_millis() / 1000 + 1000;
+    let defeated = [
+        (
+            "last hour, cache defeated (1,000 distinct since values, up to 1,000 s earlier)",
+            format!("currency=USD,EUR&since=\" .. ({hour_ago_s} - n % 1000)"),
+            format!("/v1/ticks?currency=USD,EUR&since=<{hour_ago_s} - n % 1000>"),
+            0,
+        ),
+        (
+            "deep, cache defeated (1,000 distinct since values at the start of the store)",
+            format!("currency=USD,EUR&limit={hour_ticks}&since=\" .. ({first_s} - n % 1000)"),
+            format!("/v1/ticks?currency=USD,EUR&limit={hour_ticks}&since=<{first_s} - n % 1000>"),
+            2,
+        ),
+    ];
+    for (i, (name, lua_query, path, same_as)) in defeated.into_iter().enumerate() {
+        let script = tmp.path().join(format!("uncached{i}.lua"));
         std::fs::write(
             &script,
             format!(
                 "local n = 0\n\
                  request = function()\n\
                  \x20 n = n + 1\n\
-                 \x20 return wrk.format(\"GET\", \"/v1/ticks?currency=USD,EUR&since=\" .. ({hour_ago_s} - n % 1000))\n\
+                 \x20 return wrk.format(\"GET\", \"/v1/ticks?{lua_query})\n\
                  end\n"
             ),
         )?;
-        eprintln!("history: wrk last hour, cache defeated");
+        eprintln!("history: wrk {name}");
         let ours_url = format!("http://{}/", api.addr);
-        let nginx_url = format!("http://{nginx_addr}/q0.json");
+        let nginx_url = format!("http://{nginx_addr}/q{same_as}.json");
         let load = (
             args.wrk_threads,
             args.wrk_connections,
             args.wrk_duration.as_str(),
         );
+        let before = AnsweredFrom::read(api.addr).await?;
         let ours = wrk_script(
             args.retry(),
             Some(&script),
@@ -283,32 +357,35 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             vec![api.proc.pid],
         )
         .await?;
-        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
-        let (ours_single, nginx_single) = if args.wrk_single_duration.starts_with('0') {
-            (None, None)
+        let ours_single = if args.wrk_single_duration.starts_with('0') {
+            None
         } else {
             let single = (1, 1, args.wrk_single_duration.as_str());
-            (
-                Some(
-                    wrk_script(
-                        args.retry(),
-                        Some(&script),
-                        single,
-                        &ours_url,
-                        vec![api.proc.pid],
-                    )
-                    .await?,
-                ),
-                Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?),
+            Some(
+                wrk_script(
+                    args.retry(),
+                    Some(&script),
+                    single,
+                    &ours_url,
+                    vec![api.proc.pid],
+                )
+                .await?,
             )
         };
-        let (store_median_ms, store_p99_ms) = store_times[0];
+        let answered_from = AnsweredFrom::read(api.addr).await?.since(before);
+        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
+        let nginx_single = if args.wrk_single_duration.starts_with('0') {
+            None
+        } else {
+            let single = (1, 1, args.wrk_single_duration.as_str());
+            Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?)
+        };
+        let (store_median_ms, store_p99_ms) = store_times[same_as];
         results.push(QueryResult {
-            name: "last hour, cache defeated (1,000 distinct since values, up to 1,000 s earlier)"
-                .into(),
-            path: format!("/v1/ticks?currency=USD,EUR&since=<{hour_ago_s} - n % 1000>"),
-            ticks: bodies[0].1,
-            bytes: bodies[0].0.len(),
+            name: name.into(),
+            path,
+            ticks: bodies[same_as].1,
+            bytes: bodies[same_as].0.len(),
             store_median_ms,
             store_p99_ms,
             ratio_rps: ours.requests_per_second / peer.requests_per_second,
@@ -316,6 +393,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             nginx: peer,
             ours_single,
             nginx_single,
+            answered_from,
         });
     }
     api.proc.stop(Duration::from_secs(20)).await;
@@ -541,6 +619,7 @@ fn tables(r: &HistoryResult) -> (Table, Table) {
             "errors (ours/nginx)",
             "1 connection: history-api p50 / p99 ms",
             "1 connection: nginx p50 / p99 ms",
+            "answered from cache/memory/store %",
         ],
     );
     for q in &r.queries {
@@ -565,6 +644,7 @@ fn tables(r: &HistoryResult) -> (Table, Table) {
             format!("{}/{}", q.ours.non_2xx, q.nginx.non_2xx),
             single(&q.ours_single),
             single(&q.nginx_single),
+            q.answered_from.describe(),
         ]);
     }
     (store, t)
