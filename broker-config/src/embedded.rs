@@ -165,6 +165,8 @@ rules = [
             .allow_anonymous(true)
             // A restarted process can re-bind its port while old sockets sit in TIME_WAIT.
             .reuseaddr(Some(true))
+            // A tick goes out the moment it is written, not after the previous one is acknowledged.
+            .nodelay(true)
             .bind()
             .map_err(|e| bind_err(&e))?
             .tcp()

@@ -106,7 +106,12 @@ impl MqttLink {
         opts.set_keep_alive(Duration::from_secs(15));
         opts.set_clean_session(true);
         opts.set_last_will(LastWill::new(will_topic, will, QoS::AtLeastOnce, true));
-        let (client, eventloop) = AsyncClient::new(opts, QUEUE);
+        let (client, mut eventloop) = AsyncClient::new(opts, QUEUE);
+        // Both currencies' ticks are written at once: the second must not wait for the broker to
+        // acknowledge the first (Nagle's algorithm).
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let connected = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(drive(eventloop, url.clone(), connected.clone(), shutdown));
         MqttLink {
