@@ -485,6 +485,20 @@ impl FeedProcess {
             http,
         }
     }
+
+    /// Starts `pricefeed` sampling only the Kraken fixture `kraken` every `interval`.
+    pub async fn kraken(db: &Path, kraken: &FixtureServer, interval: &str) -> FeedProcess {
+        let url = format!("kraken={}", kraken.url());
+        let flags = [
+            "--interval",
+            interval,
+            "--source",
+            "kraken",
+            "--source-url",
+            &url,
+        ];
+        FeedProcess::start(db, &flags).await
+    }
 }
 
 /// Runs a command to completion with a time limit; returns (status, stdout, stderr).

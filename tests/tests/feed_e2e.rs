@@ -39,19 +39,7 @@ fn tick(line: &str, interval: Interval) -> Tick {
 async fn mosquitto_sub_sees_exact_ticks_retained_ticks_and_a_clean_sigterm() {
     let kraken = FixtureServer::kraken().await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("kraken={}", kraken.url());
-    let feed = FeedProcess::start(
-        &dir.path().join("feed.db"),
-        &[
-            "--interval",
-            "500ms",
-            "--source",
-            "kraken",
-            "--source-url",
-            &url,
-        ],
-    )
-    .await;
+    let feed = FeedProcess::kraken(&dir.path().join("feed.db"), &kraken, "500ms").await;
     let port = feed.mqtt.port();
     let interval: Interval = "500ms".parse().unwrap();
 

@@ -24,19 +24,7 @@ async fn paho_311_and_5_receive_exact_ticks_and_cannot_subscribe_elsewhere() {
 
     let kraken = FixtureServer::kraken().await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("kraken={}", kraken.url());
-    let feed = FeedProcess::start(
-        &dir.path().join("feed.db"),
-        &[
-            "--interval",
-            "500ms",
-            "--source",
-            "kraken",
-            "--source-url",
-            &url,
-        ],
-    )
-    .await;
+    let feed = FeedProcess::kraken(&dir.path().join("feed.db"), &kraken, "500ms").await;
     let port = feed.mqtt.port().to_string();
     let interval: Interval = "500ms".parse().unwrap();
     for version in ["3.1.1", "5"] {
