@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mqtt;
 use crate::report::{self, Table, fmt_f};
-use crate::servers::{self, Bins, Feed, FeedOptions, Mosquitto};
+use crate::servers::{self, Bins, Server};
 use crate::sys::{self, CpuMeter, Sampler};
 
 /// 2001-01-01T00:00:00Z: bench ticks are this plus their sequence number in seconds.
@@ -302,38 +302,19 @@ async fn run_one(
 ) -> anyhow::Result<FanoutResult> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("feed.db");
-    let (mosquitto, feed) = match broker {
-        BrokerKind::Pricefeed => {
-            let feed = Feed::start(
-                bins,
-                FeedOptions {
-                    db: &db,
-                    interval: &args.feed_interval,
-                    external_broker: None,
-                    max_clients: n + 1000,
-                },
-            )
-            .await?;
-            (None, feed)
-        }
-        BrokerKind::Mosquitto => {
-            let mosquitto = Mosquitto::start(&args.mosquitto_extra).await?;
-            let feed = Feed::start(
-                bins,
-                FeedOptions {
-                    db: &db,
-                    interval: &args.feed_interval,
-                    external_broker: Some(mosquitto.port),
-                    max_clients: 0,
-                },
-            )
-            .await?;
-            (Some(mosquitto), feed)
-        }
-    };
-    let broker_pid = mosquitto.as_ref().map_or(feed.proc.pid, |m| m.proc.pid);
-    let publisher_pid = mosquitto.as_ref().map(|_| feed.proc.pid);
-    let addr = feed.mqtt;
+    let max_clients = n + 1000;
+    let server = Server::start(
+        bins,
+        broker,
+        &db,
+        &args.feed_interval,
+        max_clients,
+        &args.mosquitto_extra,
+    )
+    .await?;
+    let broker_pid = server.broker_pid();
+    let publisher_pid = server.publisher_pid();
+    let addr = server.feed.mqtt;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_baseline = sys::rss_kb(broker_pid).unwrap_or(0);
 
@@ -550,10 +531,7 @@ async fn run_one(
         other_top,
     };
     drop(subs);
-    feed.proc.stop(Duration::from_secs(10)).await;
-    if let Some(m) = mosquitto {
-        m.proc.stop(Duration::from_secs(5)).await;
-    }
+    server.stop().await;
     Ok(result)
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::fanout::BrokerKind;
 use crate::sys::{self, Proc};
 
 /// The publisher password every scenario gives `pricefeed --broker-password` and Mosquitto.
@@ -151,6 +152,68 @@ impl Mosquitto {
             proc.stop(Duration::from_secs(1)).await;
         }
         bail!("mosquitto did not start: {last}")
+    }
+}
+
+/// The server side of a scenario: `pricefeed` with its embedded broker, or Debian's Mosquitto with
+/// `pricefeed --broker` publishing to it.
+pub struct Server {
+    pub feed: Feed,
+    pub mosquitto: Option<Mosquitto>,
+}
+
+impl Server {
+    /// `max_clients`: the embedded broker's session limit; `mosquitto_extra`: lines appended to
+    /// Mosquitto's configuration.
+    pub async fn start(
+        bins: &Bins,
+        kind: BrokerKind,
+        db: &Path,
+        interval: &str,
+        max_clients: usize,
+        mosquitto_extra: &[String],
+    ) -> anyhow::Result<Server> {
+        let mosquitto = match kind {
+            BrokerKind::Pricefeed => None,
+            BrokerKind::Mosquitto => Some(Mosquitto::start(mosquitto_extra).await?),
+        };
+        let feed = Feed::start(
+            bins,
+            FeedOptions {
+                db,
+                interval,
+                external_broker: mosquitto.as_ref().map(|m| m.port),
+                max_clients,
+            },
+        )
+        .await?;
+        Ok(Server { feed, mosquitto })
+    }
+
+    /// The process that carries the MQTT traffic.
+    pub fn broker_pid(&self) -> u32 {
+        self.mosquitto
+            .as_ref()
+            .map_or(self.feed.proc.pid, |m| m.proc.pid)
+    }
+
+    /// `pricefeed` when it only publishes to Mosquitto.
+    pub fn publisher_pid(&self) -> Option<u32> {
+        self.mosquitto.as_ref().map(|_| self.feed.proc.pid)
+    }
+
+    /// Every process of the server.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.feed.proc.pid)
+            .chain(self.mosquitto.as_ref().map(|m| m.proc.pid))
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.feed.proc.stop(Duration::from_secs(10)).await;
+        if let Some(m) = self.mosquitto {
+            m.proc.stop(Duration::from_secs(5)).await;
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use crate::fanout::BrokerKind;
 use crate::gen_store;
 use crate::mqtt;
 use crate::report::{self, Table, fmt_f};
-use crate::servers::{Bins, Feed, FeedOptions, Mosquitto, http_get};
+use crate::servers::{Bins, Server, http_get};
 use crate::sys::{self, CpuMeter, Sampler};
 
 #[derive(Debug, clap::Args)]
@@ -221,24 +221,9 @@ async fn run_one(
         100_000,
     )
     .await?;
-    let mosquitto = match broker {
-        BrokerKind::Pricefeed => None,
-        BrokerKind::Mosquitto => Some(Mosquitto::start(&[]).await?),
-    };
-    let feed = Feed::start(
-        bins,
-        FeedOptions {
-            db: &db,
-            interval: &args.feed_interval,
-            external_broker: mosquitto.as_ref().map(|m| m.port),
-            max_clients: k + 1000,
-        },
-    )
-    .await?;
-    let mut server_pids = vec![feed.proc.pid];
-    if let Some(m) = &mosquitto {
-        server_pids.push(m.proc.pid);
-    }
+    let server = Server::start(bins, broker, &db, &args.feed_interval, k + 1000, &[]).await?;
+    let server_pids = server.pids();
+    let feed = &server.feed;
     // A few live ticks first, so the broker holds retained ones and the feed is warm.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_before: u64 = server_pids.iter().filter_map(|&p| sys::rss_kb(p)).sum();
@@ -253,7 +238,8 @@ async fn run_one(
     let live = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let sampler = Sampler::start(server_pids.clone(), Duration::from_millis(250));
-    let broker_sampler = mosquitto
+    let broker_sampler = server
+        .mosquitto
         .as_ref()
         .map(|m| Sampler::start(vec![m.proc.pid], Duration::from_millis(250)));
     let server_cpu = CpuMeter::start(server_pids.clone());
@@ -451,10 +437,7 @@ async fn run_one(
         other_top,
     };
     drop(logs);
-    feed.proc.stop(Duration::from_secs(10)).await;
-    if let Some(m) = mosquitto {
-        m.proc.stop(Duration::from_secs(5)).await;
-    }
+    server.stop().await;
     Ok(result)
 }
 
