@@ -81,7 +81,7 @@ pub(crate) async fn ticks(
         }
         _ => {
             if recent.is_none() {
-                tail.refresh(state.store.clone());
+                tail.refresh(state.store.clone(), version);
             }
             state.metrics.history_answer(AnswerSource::Store);
             from_store(&state, &query).await?

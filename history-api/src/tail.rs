@@ -32,6 +32,11 @@ pub(crate) type Version = (u64, i64);
 pub(crate) struct Tail {
     current: Mutex<Option<Arc<Recent>>>,
     refreshing: AtomicBool,
+    /// The store version whose tail could not be read (an unreadable row, say): not retried until
+    /// the store changes, so a broken row costs one read per commit, not one per request.
+    failed: Mutex<Option<Version>>,
+    /// Reads started, for tests.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl Tail {
@@ -45,11 +50,16 @@ impl Tail {
             .cloned()
     }
 
-    /// Starts reading a new copy on the blocking pool, unless one is being read already.
-    pub(crate) fn refresh(self: &Arc<Self>, store: HistoryStore) {
+    /// Starts reading a new copy on the blocking pool, unless one is being read already or reading
+    /// failed at this `version` of the store.
+    pub(crate) fn refresh(self: &Arc<Self>, store: HistoryStore, version: Version) {
+        if *self.failed.lock().unwrap_or_else(|p| p.into_inner()) == Some(version) {
+            return;
+        }
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let tail = self.clone();
         tokio::task::spawn_blocking(move || {
             // Cleared however this ends, so one failure does not stop every later refresh.
@@ -75,8 +85,15 @@ impl Tail {
                     *tail.current.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Arc::new(recent));
                 }
-                // The answer that asked was read from SQLite; the next one tries again.
-                Err(error) => tracing::warn!(error = %error, "cannot read the recent ticks"),
+                // Answers keep coming from SQLite (which reports a bad row to the question that
+                // touches it); the tail is tried again once the store changes.
+                Err(error) => {
+                    let mut failed = tail.failed.lock().unwrap_or_else(|p| p.into_inner());
+                    if failed.is_none() {
+                        tracing::warn!(error = %error, "cannot hold the recent ticks in memory");
+                    }
+                    *failed = Some(version);
+                }
             }
         });
     }
@@ -369,6 +386,49 @@ mod tests {
             limit: 10,
         };
         assert!(recent.covers(&query));
+    }
+
+    /// An unreadable row stops the tail, not the answers, and costs one read per store version.
+    #[tokio::test]
+    async fn a_tail_that_cannot_be_read_is_not_reread_until_the_store_changes() {
+        let store = store().await;
+        store
+            .write_blocking(|tx| {
+                tx.execute(
+                    "INSERT INTO ticks (currency, ts, price) VALUES (978, ?1, 'NaN')",
+                    [at(5000).unix_millis()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let tail = Arc::new(Tail::default());
+        let wait_idle = || async {
+            while tail.refreshing.load(Ordering::Acquire) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        let version = store.version().unwrap();
+        tail.refresh(store.clone(), version);
+        wait_idle().await;
+        assert!(tail.at(version).is_none(), "the bad row was not noticed");
+        for _ in 0..5 {
+            tail.refresh(store.clone(), version);
+            wait_idle().await;
+        }
+        assert_eq!(tail.reads.load(Ordering::Relaxed), 1);
+
+        // A commit (here: the bad row mended) makes it worth another read, which succeeds.
+        store
+            .write_blocking(|tx| {
+                tx.execute("UPDATE ticks SET price = '1' WHERE price = 'NaN'", [])?;
+                Ok(())
+            })
+            .unwrap();
+        let mended = store.version().unwrap();
+        tail.refresh(store.clone(), mended);
+        wait_idle().await;
+        assert_eq!(tail.reads.load(Ordering::Relaxed), 2);
+        assert!(tail.at(mended).is_some());
     }
 
     /// A copy is used only at the version it was read at.

@@ -267,13 +267,17 @@ impl HistoryStore {
             }
         };
         let out = f(&conn);
-        let mut idle = self
-            .inner
-            .idle_readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
+        // A connection still inside a transaction (a rollback that failed) would serve an old
+        // snapshot to whoever took it next: close it instead.
+        if conn.is_autocommit() {
+            let mut idle = self
+                .inner
+                .idle_readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
         }
         out
     }
