@@ -33,7 +33,7 @@ mod page;
 mod query;
 mod tail;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -138,6 +138,10 @@ async fn record_request(
     response
 }
 
+/// A client that has not sent a whole request head this long after connecting (or after its
+/// previous request) is disconnected: a slow-headers attack holds a socket for this long at most.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves [`app`] on `listener` until `shutdown` resolves, then lets requests in flight finish
 /// (closing idle connections at once) for at most 15 s, and returns.
 pub async fn serve(
@@ -145,30 +149,75 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_router(listener, app(state), HEADER_READ_TIMEOUT, shutdown).await
+}
+
+/// [`serve`] for any router, with another header timeout. axum's own `serve` sets no timer, so
+/// hyper's header timeout would never fire: this accept loop is axum's, with the timer.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let address = listener.local_addr()?;
     tracing::info!(%address, "history API listening");
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        // An error means the sender is gone, which only happens once serve has returned.
-        let _ = stopped.wait_for(|stop| *stop).await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => return result,
-        () = shutdown => {}
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors = 0u64;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning, log sparingly.
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        tracing::warn!(%error, count = accept_errors, "cannot accept an HTTP connection");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let service = TowerToHyperService::new(router.clone());
+        let mut stopped = stopped.clone();
+        connections.spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                // Errors here are the client's (reset, timed out, malformed): nothing to report.
+                _ = connection.as_mut() => return,
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
     }
+    drop(listener);
     tracing::info!("history API stopping: finishing requests in flight");
     let _ = stop.send(true);
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(
-                timeout_s = DRAIN_TIMEOUT.as_secs(),
-                "history API stopped with requests still in flight"
-            );
-            Ok(())
-        }
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            timeout_s = DRAIN_TIMEOUT.as_secs(),
+            "history API stopped with requests still in flight"
+        );
+        connections.abort_all();
     }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what `docker stop` and systemd send).

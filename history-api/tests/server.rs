@@ -232,3 +232,49 @@ async fn serves_a_file_store_on_a_real_socket_and_stops_gracefully() {
     assert!(result.is_ok(), "{result:?}");
     assert!(tokio::net::TcpStream::connect(address).await.is_err());
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let timeout = Duration::from_millis(500);
+    let server = tokio::spawn(history_api::serve_router(
+        listener,
+        history_api::app(state(common::store_with(1).await)),
+        timeout,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    // Slow headers: a header line now and then, never the blank line that ends the head.
+    let connected = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    slow.write_all(b"X-Drip: 1\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was still open after 5 s");
+    let held = connected.elapsed();
+    assert!(held >= timeout, "closed after {held:?}, before the timeout");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "an unfinished request was answered: {}",
+        String::from_utf8_lossy(&rest)
+    );
+
+    // Everyone else is served as before.
+    let (status, _) = http_get(address, b"/healthz").await;
+    assert_eq!(status, 200);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
