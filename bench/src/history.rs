@@ -266,48 +266,16 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
     }
     let nginx_pids = sys::with_children(nginx.proc.pid);
 
-    let mut results = Vec::new();
-    for (i, (name, _, _, path)) in queries.iter().enumerate() {
-        eprintln!("history: wrk {name}");
-        let ours_url = format!("http://{}{path}", api.addr);
-        let nginx_url = format!("http://{nginx_addr}/q{i}.json");
-        let load = (
-            args.wrk_threads,
-            args.wrk_connections,
-            args.wrk_duration.as_str(),
-        );
-        let before = AnsweredFrom::read(api.addr).await?;
-        let ours = wrk(args.retry(), load, &ours_url, vec![api.proc.pid]).await?;
-        let ours_single = if args.wrk_single_duration.starts_with('0') {
-            None
-        } else {
-            let single = (1, 1, args.wrk_single_duration.as_str());
-            Some(wrk(args.retry(), single, &ours_url, vec![api.proc.pid]).await?)
-        };
-        let answered_from = AnsweredFrom::read(api.addr).await?.since(before);
-        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
-        let nginx_single = if args.wrk_single_duration.starts_with('0') {
-            None
-        } else {
-            let single = (1, 1, args.wrk_single_duration.as_str());
-            Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?)
-        };
-        let (store_median_ms, store_p99_ms) = store_times[i];
-        results.push(QueryResult {
-            name: name.to_string(),
-            path: path.clone(),
-            ticks: bodies[i].1,
-            bytes: bodies[i].0.len(),
-            store_median_ms,
-            store_p99_ms,
-            ratio_rps: ours.requests_per_second / peer.requests_per_second,
-            ours,
-            nginx: peer,
-            ours_single,
-            nginx_single,
-            answered_from,
-        });
-    }
+    // Each run: a name, the path it reports, our URL, the wrk script if any, and which query's
+    // file nginx serves beside it.
+    let mut runs: Vec<(String, String, String, Option<PathBuf>, usize)> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _, _, path))| {
+            let ours_url = format!("http://{}{path}", api.addr);
+            (name.to_string(), path.clone(), ours_url, None, i)
+        })
+        .collect();
     // The answers above are cached by history-api (same URL, unchanged store). Defeat the cache:
     // each request asks for a different `since` (1,000 values, one second apart), so every answer
     // is computed; nginx serves the file of the same query. Near the end of the store the answers
@@ -340,49 +308,41 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
                  end\n"
             ),
         )?;
-        eprintln!("history: wrk {name}");
         let ours_url = format!("http://{}/", api.addr);
+        runs.push((name.to_string(), path, ours_url, Some(script), same_as));
+    }
+
+    let mut results = Vec::new();
+    for (name, path, ours_url, script, same_as) in runs {
+        eprintln!("history: wrk {name}");
         let nginx_url = format!("http://{nginx_addr}/q{same_as}.json");
         let load = (
             args.wrk_threads,
             args.wrk_connections,
             args.wrk_duration.as_str(),
         );
+        let single = (1, 1, args.wrk_single_duration.as_str());
+        let single_too = !args.wrk_single_duration.starts_with('0');
+        let script = script.as_deref();
+        let ours_pids = vec![api.proc.pid];
+
         let before = AnsweredFrom::read(api.addr).await?;
-        let ours = wrk_script(
-            args.retry(),
-            Some(&script),
-            load,
-            &ours_url,
-            vec![api.proc.pid],
-        )
-        .await?;
-        let ours_single = if args.wrk_single_duration.starts_with('0') {
-            None
+        let ours = wrk_script(args.retry(), script, load, &ours_url, ours_pids.clone()).await?;
+        let ours_single = if single_too {
+            Some(wrk_script(args.retry(), script, single, &ours_url, ours_pids).await?)
         } else {
-            let single = (1, 1, args.wrk_single_duration.as_str());
-            Some(
-                wrk_script(
-                    args.retry(),
-                    Some(&script),
-                    single,
-                    &ours_url,
-                    vec![api.proc.pid],
-                )
-                .await?,
-            )
+            None
         };
         let answered_from = AnsweredFrom::read(api.addr).await?.since(before);
         let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
-        let nginx_single = if args.wrk_single_duration.starts_with('0') {
-            None
-        } else {
-            let single = (1, 1, args.wrk_single_duration.as_str());
+        let nginx_single = if single_too {
             Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?)
+        } else {
+            None
         };
         let (store_median_ms, store_p99_ms) = store_times[same_as];
         results.push(QueryResult {
-            name: name.into(),
+            name,
             path,
             ticks: bodies[same_as].1,
             bytes: bodies[same_as].0.len(),
