@@ -460,14 +460,11 @@ impl Snapshot<'_> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT ts, price FROM ticks WHERE currency = ?1 ORDER BY ts DESC LIMIT ?2",
         )?;
-        let mut rows = stmt.query(params![
+        let rows = stmt.query(params![
             currency.numeric(),
             i64::try_from(count).unwrap_or(i64::MAX)
         ])?;
-        let mut out = Vec::with_capacity(count.min(1 << 16));
-        while let Some(row) = rows.next()? {
-            out.push(row_tick(currency, row.get(0)?, price_text(row)?)?);
-        }
+        let mut out = collect_ticks(rows, currency, count)?;
         out.reverse();
         Ok(out)
     }
@@ -564,23 +561,30 @@ fn ticks_since(
     let mut stmt = conn.prepare_cached(
         "SELECT ts, price FROM ticks WHERE currency = ?1 AND ts >= ?2 ORDER BY ts LIMIT ?3",
     )?;
-    let mut rows = stmt.query(params![
+    let rows = stmt.query(params![
         currency.numeric(),
         from.unix_millis(),
         i64::try_from(limit).unwrap_or(i64::MAX)
     ])?;
-    let mut out = Vec::with_capacity(limit.min(4096));
-    while let Some(row) = rows.next()? {
-        out.push(row_tick(currency, row.get(0)?, price_text(row)?)?);
-    }
-    Ok(out)
+    collect_ticks(rows, currency, limit)
 }
 
-/// Column 1 of a tick row, the price text, without copying it.
-fn price_text<'r>(row: &'r rusqlite::Row<'_>) -> Result<&'r str, StoreError> {
-    row.get_ref(1)?
-        .as_str()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
+/// The ticks of `(ts, price)` rows of one currency, in row order; `at_most` sizes the buffer.
+fn collect_ticks(
+    mut rows: rusqlite::Rows<'_>,
+    currency: Currency,
+    at_most: usize,
+) -> Result<Vec<Tick>, StoreError> {
+    let mut out = Vec::with_capacity(at_most.min(4096));
+    while let Some(row) = rows.next()? {
+        // The price text is borrowed from the row, not copied.
+        let price = row
+            .get_ref(1)?
+            .as_str()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        out.push(row_tick(currency, row.get(0)?, price)?);
+    }
+    Ok(out)
 }
 
 fn gaps_overlapping(
