@@ -84,6 +84,8 @@ impl Tail {
                     );
                     *tail.current.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Arc::new(recent));
+                    // A later failure is news again.
+                    *tail.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
                 // Answers keep coming from SQLite (which reports a bad row to the question that
                 // touches it); the tail is tried again once the store changes.
