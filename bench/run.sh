@@ -10,7 +10,7 @@
 #   --cold-build            also time a cold `cargo build --release --workspace` (several minutes)
 #   --only NAME[,NAME]      run only these of: fanout, fanout-feed100ms, fanout-product-rate,
 #                           fanout-mosquitto-dupcheck, fanout-rumqttc, history, storm,
-#                           storm-pricesub, footprint
+#                           footprint
 #
 # Everything runs on 127.0.0.1 with free ports; every load is bounded and stops by itself. On a
 # shared machine a measurement during which other processes took over a quarter of a core is
@@ -114,9 +114,6 @@ if [ $smoke -eq 1 ]; then
         --days 1 --wrk-duration 2s --wrk-single-duration 1s --store-reps 3 --attempts 1
     wanted storm && step storm "$bench" storm --bin-dir "$bin" --out "$out" \
         --clients 20 --timeout 30s --follow 2s --attempts 1 --assert-gapless
-    wanted storm-pricesub && step storm-pricesub "$bench" storm --bin-dir "$bin" --out "$out" \
-        --client pricesub --brokers pricefeed --clients 20 --timeout 30s --follow 2s --attempts 1 \
-        --assert-gapless
     wanted footprint && step footprint "$bench" footprint --bin-dir "$bin" --out "$out" --idle 5s
 else
     wanted fanout && step fanout "$bench" fanout --bin-dir "$bin" --out "$out" \
@@ -137,10 +134,8 @@ else
         --client rumqttc --brokers pricefeed --subscribers 5000 "${fan[@]}"
     wanted history && step history "$bench" history --bin-dir "$bin" --out "$out" \
         --days 365 --wrk-duration 20s
+    # The pricesub SDK itself as the storm's clients, against either broker.
     wanted storm && step storm "$bench" storm --bin-dir "$bin" --out "$out" --clients 1000,5000
-    # The pricesub SDK itself as the storm's clients.
-    wanted storm-pricesub && step storm-pricesub "$bench" storm --bin-dir "$bin" --out "$out" \
-        --client pricesub --clients 1000,5000
     wanted footprint && step footprint "$bench" footprint --bin-dir "$bin" --out "$out" --idle 60s
     if [ $cold -eq 1 ]; then
         cold_dir="$(mktemp -d)"
@@ -159,7 +154,7 @@ echo
 echo "== results in $out"
 cat "$out/machine.txt"
 for name in fanout fanout-feed100ms fanout-product-rate fanout-mosquitto-dupcheck fanout-rumqttc \
-    store history storm storm-pricesub footprint; do
+    store history storm footprint; do
     [ -f "$out/$name.md" ] || continue
     echo
     cat "$out/$name.md"

@@ -2,23 +2,18 @@
 //! subcommand is one scenario, bounded in count and time, on loopback and free ports, and writes
 //! its raw results (JSON) and its table (Markdown) to `--out`.
 //!
-//! - `gen-store`: a history store of N days of ticks in both currencies.
-//! - `fanout`: N MQTT subscribers, publish→receipt latency, loss, broker RSS and CPU; pricefeed's
-//!   embedded broker against Debian's Mosquitto.
-//! - `history`: `wrk` on `/v1/ticks` over a year of ticks, against nginx serving the same bytes.
-//! - `storm`: K `pricesub` clients reconnecting within a second, backfilling, going live, checked
-//!   gapless against the store.
-//! - `footprint`: idle CPU, RSS, start-up time, binary sizes.
+//! # Layout
+//!
+//! - [`scenarios`]: one module per subcommand (`gen-store`, `fanout`, `history`, `storm`,
+//!   `footprint`); scenarios use the harness, never each other.
+//! - [`harness`]: servers, the lean MQTT load client, meters, reports. Processes come from the
+//!   test kit the end-to-end tests use (`tests/src`), and what is measured is the product itself:
+//!   its binaries, and the `pricesub` SDK.
 
-mod fanout;
-mod footprint;
-mod gen_store;
-mod history;
-mod mqtt;
-mod report;
-mod servers;
-mod storm;
-mod sys;
+mod harness;
+mod scenarios;
+
+use scenarios::{fanout, footprint, gen_store, history, storm};
 
 use std::process::ExitCode;
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use history_store::StoreError;
 use serde::Serialize;
-use ticks::StoreError;
 
 /// Why a request failed. Each variant is one `error` code in the body; see `openapi.json`.
 #[derive(Debug, thiserror::Error)]

@@ -14,10 +14,10 @@ use serde::Serialize;
 use serde_json::json;
 use ticks::{Currency, Timedate};
 
-use crate::ApiState;
+use crate::answer::ByCurrency;
 use crate::error::chain;
 use crate::metrics::header;
-use crate::page::ByCurrency;
+use crate::state::ApiState;
 
 /// How long readiness and the age gauge wait for the store. Shorter than the request timeout, so
 /// a stuck store shows as `"store": "timed out …"` rather than as a timed-out probe.
@@ -87,7 +87,7 @@ pub(crate) async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
         store,
         broker,
         newest_tick_age_seconds: ByCurrency(age_list),
-        demo: state.demo,
+        demo: state.feed.demo,
     };
     (status, Json(body)).into_response()
 }

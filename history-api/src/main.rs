@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
-use history_api::{ApiState, Metrics};
-use ticks::{HistoryStore, Interval};
+use clap::Parser;
+use history_api::{ApiState, FeedFacts};
+use history_store::HistoryStore;
+use startup::{Fatal, LogFormat, Runtime};
+use ticks::Interval;
 
 /// Serves the BTC ticks the publisher stored: GET /v1/ticks?since=…, /healthz, /readyz, /metrics
 /// and /openapi.json.
@@ -36,47 +37,13 @@ struct Cli {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// A failure that ends the process, with the exit code it ends with.
-struct Fatal {
-    code: u8,
-    error: anyhow::Error,
-}
-
-fn startup(error: anyhow::Error) -> Fatal {
-    Fatal { code: 2, error }
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+fn main() -> ExitCode {
+    let cli: Cli = match startup::parse("history-api") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line saying what to fix; clap's usage hints are one `--help` away.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("history-api: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    install_tracing(cli.log_format);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Fatal { code, error }) => {
-            eprintln!("history-api: {error:#}");
-            ExitCode::from(code)
-        }
-    }
+    startup::init_tracing(cli.log_format, "info");
+    startup::run("history-api", Runtime::MultiThread, run(cli))
 }
 
 async fn run(cli: Cli) -> Result<(), Fatal> {
@@ -84,49 +51,33 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
     // empty store file behind.
     let listener = tokio::net::TcpListener::bind(&cli.http_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cli.http_listen))
-        .map_err(startup)?;
+        .with_context(|| format!("cannot listen on {}", cli.http_listen))?;
     // A typo in --db must not become a server answering "no ticks" from a new, empty file.
     if !cli.db.exists() {
-        return Err(startup(anyhow::anyhow!(
+        return Err(anyhow::anyhow!(
             "no store at {} (the file pricefeed --db writes)",
             cli.db.display()
-        )));
+        )
+        .into());
     }
     // StoreError::Open already names the file.
-    let store = HistoryStore::open(&cli.db)
-        .map_err(anyhow::Error::from)
-        .map_err(startup)?;
+    let store = HistoryStore::open(&cli.db)?;
     // The publisher records its interval and whether it runs on demo data; that beats our flags.
-    let (interval, demo) = match store.feed_info().await {
-        Ok(Some(info)) => (info.interval, info.demo),
-        Ok(None) => (cli.interval, cli.demo),
-        Err(e) => return Err(startup(e.into())),
+    let feed = match store.feed_info().await? {
+        Some(info) => FeedFacts {
+            interval: info.interval,
+            demo: info.demo,
+        },
+        None => FeedFacts {
+            interval: cli.interval,
+            demo: cli.demo,
+        },
     };
-    let state = ApiState {
-        store,
-        metrics: Arc::new(Metrics::new()),
-        broker_connected: None,
-        interval,
-        demo,
-    };
-    history_api::serve(listener, state, history_api::shutdown_signal())
+    let state = ApiState::new(store, feed);
+    history_api::serve(listener, state, startup::shutdown_signal())
         .await
         .context("serving HTTP failed")
-        .map_err(|error| Fatal { code: 1, error })?;
+        .map_err(Fatal::runtime)?;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn install_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -13,8 +13,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use ticks::{Currency, Timedate};
 
-use crate::ApiError;
 use crate::cursor::{Cursor, PageKey};
+use crate::error::ApiError;
 
 /// Ticks per page unless `limit` says otherwise: a bit over 13 hours of both currencies at 5 s.
 pub const DEFAULT_LIMIT: usize = 10_000;

@@ -16,16 +16,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ticks::{Currency, Gap, HistoryStore, Snapshot, StoreError, Timedate};
+use history_store::{HistoryStore, Snapshot, StoreError, StoreVersion};
+use ticks::{Currency, Gap, Timedate};
 
-use crate::page::{Assembled, Run, cut, first_time};
+use crate::answer::{Assembled, Run, cut, first_time};
 use crate::query::TicksQuery;
 
 /// Ticks per currency held in memory: a day and a bit at the 5 s interval, about 1 MB each.
 pub(crate) const TAIL_TICKS: usize = 20_000;
-
-/// `HistoryStore::version`.
-pub(crate) type Version = (u64, i64);
 
 /// The newest copy of the tail, and whether a refresh is running.
 #[derive(Default)]
@@ -34,14 +32,14 @@ pub(crate) struct Tail {
     refreshing: AtomicBool,
     /// The store version whose tail could not be read (an unreadable row, say): not retried until
     /// the store changes, so a broken row costs one read per commit, not one per request.
-    failed: Mutex<Option<Version>>,
+    failed: Mutex<Option<StoreVersion>>,
     /// Reads started, for tests.
     reads: std::sync::atomic::AtomicU64,
 }
 
 impl Tail {
     /// The copy, if it is of this version of the store.
-    pub(crate) fn at(&self, version: Version) -> Option<Arc<Recent>> {
+    pub(crate) fn at(&self, version: StoreVersion) -> Option<Arc<Recent>> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -52,7 +50,7 @@ impl Tail {
 
     /// Starts reading a new copy on the blocking pool, unless one is being read already or reading
     /// failed at this `version` of the store.
-    pub(crate) fn refresh(self: &Arc<Self>, store: HistoryStore, version: Version) {
+    pub(crate) fn refresh(self: &Arc<Self>, store: HistoryStore, version: StoreVersion) {
         if *self.failed.lock().unwrap_or_else(|p| p.into_inner()) == Some(version) {
             return;
         }
@@ -103,7 +101,7 @@ impl Tail {
 
 /// The tail of the store at one version.
 pub(crate) struct Recent {
-    version: Version,
+    version: StoreVersion,
     /// In [`Currency::ALL`] order.
     currencies: Vec<RecentTicks>,
     /// Every gap of any currency that ends after `gaps_from`, ordered as SQLite orders them.
@@ -144,10 +142,14 @@ impl Recent {
     /// from just before it: the copy holds at least everything committed at that version.
     pub(crate) fn read_blocking(store: &HistoryStore, size: usize) -> Result<Recent, StoreError> {
         let version = store.version()?;
-        store.snapshot_blocking(|snapshot| Recent::read(snapshot, version, size))
+        store.read_blocking(|snapshot| Recent::read(snapshot, version, size))
     }
 
-    fn read(snapshot: &Snapshot<'_>, version: Version, size: usize) -> Result<Recent, StoreError> {
+    fn read(
+        snapshot: &Snapshot<'_>,
+        version: StoreVersion,
+        size: usize,
+    ) -> Result<Recent, StoreError> {
         let mut currencies = Vec::with_capacity(Currency::ALL.len());
         for currency in Currency::ALL {
             let ticks = snapshot.newest_ticks(currency, size)?;
@@ -258,8 +260,9 @@ mod tests {
     use ticks::{GapReason, Interval, Tick};
 
     use super::*;
-    use crate::page::{encode, from_store};
-    use crate::{ApiState, Metrics, PageKey};
+    use crate::answer::{FeedFacts, encode};
+    use crate::cursor::PageKey;
+    use crate::stored::StoredPage;
 
     fn at(s: i64) -> Timedate {
         Timedate::from_unix_millis(1_700_000_000_000 + s * 1000).unwrap()
@@ -312,15 +315,10 @@ mod tests {
         store
     }
 
-    fn state(store: HistoryStore) -> ApiState {
-        ApiState {
-            store,
-            metrics: Arc::new(Metrics::new()),
-            broker_connected: None,
-            interval: Interval::new(std::time::Duration::from_secs(5)).unwrap(),
-            demo: false,
-        }
-    }
+    const FEED: FeedFacts = FeedFacts {
+        interval: Interval::DEFAULT,
+        demo: false,
+    };
 
     /// The memory path must answer byte for byte what SQLite answers, for every start key around
     /// every slot, every currency set and limits that cut pages anywhere; and it must decline what
@@ -328,7 +326,6 @@ mod tests {
     #[tokio::test]
     async fn answers_from_memory_are_the_answers_from_sqlite() {
         let store = store().await;
-        let state = state(store.clone());
         let recent = Recent::read_blocking(&store, 50).unwrap();
         assert_eq!(recent.version, store.version().unwrap());
         let (mut covered, mut declined) = (0, 0);
@@ -355,8 +352,9 @@ mod tests {
                                 continue;
                             }
                             covered += 1;
-                            let memory = encode(&state, &query, &recent.assemble(&query)).unwrap();
-                            let sqlite = from_store(&state, &query).await.unwrap();
+                            let memory = encode(&query, &recent.assemble(&query), &FEED).unwrap();
+                            let stored = StoredPage::read(&store, &query).await.unwrap();
+                            let sqlite = encode(&query, &stored.assemble(), &FEED).unwrap();
                             assert_eq!(
                                 String::from_utf8(memory).unwrap(),
                                 String::from_utf8(sqlite).unwrap(),
@@ -395,12 +393,11 @@ mod tests {
     async fn a_tail_that_cannot_be_read_is_not_reread_until_the_store_changes() {
         let store = store().await;
         store
-            .write_blocking(|tx| {
-                tx.execute(
+            .tamper_blocking(|conn| {
+                conn.execute(
                     "INSERT INTO ticks (currency, ts, price) VALUES (978, ?1, 'NaN')",
                     [at(5000).unix_millis()],
-                )?;
-                Ok(())
+                )
             })
             .unwrap();
         let tail = Arc::new(Tail::default());
@@ -421,9 +418,8 @@ mod tests {
 
         // A commit (here: the bad row mended) makes it worth another read, which succeeds.
         store
-            .write_blocking(|tx| {
-                tx.execute("UPDATE ticks SET price = '1' WHERE price = 'NaN'", [])?;
-                Ok(())
+            .tamper_blocking(|conn| {
+                conn.execute("UPDATE ticks SET price = '1' WHERE price = 'NaN'", [])
             })
             .unwrap();
         let mended = store.version().unwrap();

@@ -5,7 +5,8 @@ mod common;
 
 use common::{T0, request, slot, state, tick};
 use history_api::app;
-use ticks::{Currency, HistoryStore};
+use history_store::HistoryStore;
+use ticks::Currency;
 
 #[tokio::test]
 async fn a_commit_from_another_process_is_in_the_next_answer() {
@@ -18,20 +19,33 @@ async fn a_commit_from_another_process_is_in_the_next_answer() {
         .insert_ticks((0..3).map(|i| tick(Currency::USD, i)).collect())
         .await
         .unwrap();
-    let app = app(state(served));
+    let state = state(served);
+    let metrics = state.metrics.clone();
+    let app = app(state);
     let uri = format!("/v1/ticks?since={T0}&currency=USD");
 
     let first = request(&app, "GET", &uri).await;
+    assert_eq!(answers_from(&metrics, "cache"), 0);
     let again = request(&app, "GET", &uri).await;
     assert_eq!(
         first.text(),
         again.text(),
         "same question, same store: same answer"
     );
+    assert_eq!(
+        answers_from(&metrics, "cache"),
+        1,
+        "the repeated question was answered from the cache"
+    );
     assert_eq!(first.raw_ticks(Currency::USD).len(), 3);
 
     publisher.insert_tick(tick(Currency::USD, 3)).await.unwrap();
     let after = request(&app, "GET", &uri).await;
+    assert_eq!(
+        answers_from(&metrics, "cache"),
+        1,
+        "a commit retires the cached answer"
+    );
     let ticks = after.raw_ticks(Currency::USD);
     assert_eq!(
         ticks.len(),

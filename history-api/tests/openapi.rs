@@ -163,10 +163,7 @@ async fn unready_and_unavailable_answers_match_the_document() {
 
     let broken = store_with(1).await;
     broken
-        .write_blocking(|tx| {
-            tx.execute_batch("DROP TABLE ticks")
-                .map_err(ticks::StoreError::from)
-        })
+        .tamper_blocking(|conn| conn.execute_batch("DROP TABLE ticks"))
         .unwrap();
     let app = app(state(broken));
     let answer = get(&app, &format!("/v1/ticks?since={T0}")).await;

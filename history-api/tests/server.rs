@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use history_api::{app, app_with_timeout, serve};
+use history_store::HistoryStore;
 use serde_json::json;
-use ticks::{Currency, HistoryStore, Tick, Timedate};
+use ticks::{Currency, Tick, Timedate};
 
 #[tokio::test]
 async fn healthz_is_always_ok() {
@@ -68,10 +69,7 @@ async fn readyz_follows_the_store_and_the_broker() {
     assert_eq!(connected.json()["broker"], "connected");
 
     store
-        .write_blocking(|tx| {
-            tx.execute_batch("DROP TABLE ticks")
-                .map_err(ticks::StoreError::from)
-        })
+        .tamper_blocking(|conn| conn.execute_batch("DROP TABLE ticks"))
         .unwrap();
     let broken = get(&app, "/readyz").await;
     assert_eq!(broken.status, 503);
@@ -153,7 +151,7 @@ async fn a_slow_store_times_out_with_a_json_503() {
     let (held, is_held) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
         store
-            .write_blocking(|_| {
+            .tamper_blocking(|_| {
                 held.send(()).unwrap();
                 std::thread::sleep(Duration::from_millis(1500));
                 Ok(())

@@ -292,9 +292,9 @@ async fn a_future_since_is_an_empty_answer() {
 
 #[tokio::test]
 async fn an_empty_store_answers_with_nulls() {
-    let mut state = state(ticks::HistoryStore::open_in_memory().unwrap());
-    state.demo = true;
-    state.interval = "250ms".parse().unwrap();
+    let mut state = state(history_store::HistoryStore::open_in_memory().unwrap());
+    state.feed.demo = true;
+    state.feed.interval = "250ms".parse().unwrap();
     let answer = get(&app(state), "/v1/ticks?since=0&currency=USD").await;
     assert_eq!(answer.status, 200);
     assert_eq!(
@@ -385,10 +385,7 @@ async fn unknown_paths_and_methods_are_json_errors() {
 async fn a_failing_store_is_a_503_not_a_500() {
     let store = store_with(1).await;
     store
-        .write_blocking(|tx| {
-            tx.execute_batch("DROP TABLE ticks")
-                .map_err(ticks::StoreError::from)
-        })
+        .tamper_blocking(|conn| conn.execute_batch("DROP TABLE ticks"))
         .unwrap();
     let answer = get(&app(state(store)), &format!("/v1/ticks?since={T0}")).await;
     assert_eq!(answer.status, 503);

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
-use ticks::{Currency, Gap, Interval, Tick, Timedate};
+use ticks::{BrokerUrl, Currency, Gap, Interval, Tick, Timedate};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -57,17 +57,25 @@ pub enum FeedEvent {
 pub enum SubscribeError {
     #[error("{0}")]
     Config(String),
+    /// The message carries the history error's own (not as a `source`, so a chain printed with
+    /// its causes does not say it twice).
     #[error("cannot backfill: {0}")]
-    History(#[from] HistoryError),
+    History(HistoryError),
     #[error("cannot subscribe at {broker}: {reason}")]
     Broker { broker: String, reason: String },
 }
 
-/// Where to subscribe and what to replay.
+impl From<HistoryError> for SubscribeError {
+    fn from(e: HistoryError) -> Self {
+        SubscribeError::History(e)
+    }
+}
+
+/// Where to subscribe and what to replay. [`SubscriberConfig::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct SubscriberConfig {
-    /// Brokers as `host:port`, tried in turn on reconnect.
-    pub brokers: Vec<(String, u16)>,
+    /// Brokers, tried in turn on reconnect.
+    pub brokers: Vec<BrokerUrl>,
     /// History API base URLs (`http://host:8080`), tried in order.
     pub history: Vec<String>,
     pub currencies: Vec<Currency>,
@@ -77,6 +85,52 @@ pub struct SubscriberConfig {
     pub history_timeout: Duration,
     /// MQTT client id prefix; a random suffix keeps two subscribers from taking over each other.
     pub client_id: String,
+}
+
+/// The history API's port in a single-node deployment, where it runs beside the broker.
+pub const DEFAULT_HISTORY_PORT: u16 = 8080;
+
+/// Timeout of one history request unless configured.
+pub const DEFAULT_HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SubscriberConfig {
+    /// Every currency, live only (no `since`), history at [`default_history_url`] of the first
+    /// broker, a 10 s history timeout, client ids starting `pricesub`.
+    pub fn new(brokers: Vec<BrokerUrl>) -> SubscriberConfig {
+        SubscriberConfig {
+            history: brokers
+                .first()
+                .map(default_history_url)
+                .into_iter()
+                .collect(),
+            brokers,
+            currencies: Currency::ALL.to_vec(),
+            since: None,
+            history_timeout: DEFAULT_HISTORY_TIMEOUT,
+            client_id: "pricesub".into(),
+        }
+    }
+}
+
+/// Where the history API of a single-node feed is, given its broker: the same host, port 8080.
+pub fn default_history_url(broker: &BrokerUrl) -> String {
+    format!("http://{}:{DEFAULT_HISTORY_PORT}", broker.url_host())
+}
+
+/// Why a text is not a `since`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither a time (2026-11-24T01:40:00Z, unix seconds) nor a duration ago (10m)")]
+pub struct BadSince(pub String);
+
+/// Reads a `since` as users write it: an RFC 3339 time, unix seconds, or a duration before `now`
+/// (`10m`, `2h`).
+pub fn parse_since(s: &str, now: Timedate) -> Result<Timedate, BadSince> {
+    if let Ok(t) = Timedate::parse_user(s) {
+        return Ok(t);
+    }
+    humantime::parse_duration(s)
+        .map(|ago| now.saturating_sub(ago))
+        .map_err(|_| BadSince(s.to_string()))
 }
 
 /// A running subscription. Dropping it stops it.
@@ -164,25 +218,25 @@ impl Follower {
         let mut attempts = 0;
         self.resume_from = self.config.since;
         loop {
-            let (host, port) = self.config.brokers[broker % self.config.brokers.len()].clone();
+            let url = self.config.brokers[broker % self.config.brokers.len()].clone();
             let started = tokio::time::Instant::now();
             attempts += 1;
-            match self.session(&host, port, first, &stop).await? {
+            match self.session(&url, first, &stop).await? {
                 SessionEnd::Stopped | SessionEnd::Gone => return Ok(()),
                 // Before the first subscription a broken broker address is the user's to fix; a
                 // few tries first, so a busy broker (thousands of clients arriving at once) is not
                 // mistaken for a wrong address.
                 SessionEnd::Lost(reason) if !self.subscribed_once && attempts >= FIRST_ATTEMPTS => {
                     return Err(SubscribeError::Broker {
-                        broker: format!("{host}:{port}"),
+                        broker: url.to_string(),
                         reason,
                     });
                 }
                 SessionEnd::Lost(why) if self.subscribed_once => {
-                    tracing::warn!(broker = %format!("{host}:{port}"), reason = %why, "connection lost; reconnecting");
+                    tracing::warn!(broker = %url, reason = %why, "connection lost; reconnecting");
                 }
                 SessionEnd::Lost(why) => {
-                    tracing::debug!(broker = %format!("{host}:{port}"), reason = %why, "first connection failed; trying again");
+                    tracing::debug!(broker = %url, reason = %why, "first connection failed; trying again");
                 }
             }
             first = !self.subscribed_once;
@@ -203,13 +257,12 @@ impl Follower {
     /// One connection: subscribe, buffer, backfill, drain, follow.
     async fn session(
         &mut self,
-        host: &str,
-        port: u16,
+        broker: &BrokerUrl,
         first: bool,
         stop: &CancellationToken,
     ) -> Result<SessionEnd, SubscribeError> {
         let client_id = format!("{}-{:08x}", self.config.client_id, fastrand::u32(..));
-        let mut opts = MqttOptions::new(client_id, host, port);
+        let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_clean_session(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 16);

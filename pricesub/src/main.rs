@@ -4,9 +4,11 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::{Context, anyhow};
 use clap::Parser;
 use pricesub::{FeedEvent, SubscriberConfig, subscribe};
-use ticks::{Currency, Timedate};
+use startup::{Fatal, Runtime};
+use ticks::{BrokerUrl, Currency, Timedate};
 
 /// Follow the BTC price feed. Prints `btc/USD {"timedate":…,"price":…}` per tick (as
 /// `mosquitto_sub -v` does), in timedate order per currency, never twice; gaps the server recorded
@@ -21,7 +23,7 @@ struct Cli {
         value_delimiter = ',',
         default_value = "mqtt://127.0.0.1:1883"
     )]
-    broker: Vec<String>,
+    broker: Vec<BrokerUrl>,
 
     /// History API base URL (repeatable: tried in order). Default: port 8080 on the first broker's host.
     #[arg(long, env = "PRICESUB_HISTORY", value_delimiter = ',')]
@@ -45,102 +47,49 @@ struct Cli {
     history_timeout: Duration,
 }
 
-fn parse_since(s: &str) -> Result<Timedate, String> {
-    if let Ok(t) = Timedate::parse_user(s) {
-        return Ok(t);
-    }
-    match humantime::parse_duration(s) {
-        Ok(ago) => Ok(Timedate::now().saturating_sub(ago)),
-        Err(_) => Err(format!(
-            "--since {s:?} is neither a time (2026-11-24T01:40:00Z, unix seconds) nor a duration (10m)"
-        )),
-    }
-}
-
-fn parse_broker(s: &str) -> Result<(String, u16), String> {
-    let rest = s
-        .strip_prefix("mqtt://")
-        .or_else(|| s.strip_prefix("tcp://"))
-        .unwrap_or(s);
-    if rest.contains("://") {
-        return Err(format!(
-            "--broker {s:?}: only mqtt://host:port is supported"
-        ));
-    }
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse()
-                .map_err(|_| format!("--broker {s:?}: {p:?} is not a port"))?,
-        ),
-        None => (rest, 1883),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("--broker {s:?} has no host"));
-    }
-    Ok((host.to_string(), port))
-}
-
-fn config(cli: &Cli) -> Result<SubscriberConfig, String> {
+fn config(cli: &Cli) -> anyhow::Result<SubscriberConfig> {
     if cli.history_timeout.is_zero() {
-        return Err("--history-timeout must be more than 0".into());
+        return Err(anyhow!("--history-timeout must be more than 0"));
     }
-    let brokers = cli
-        .broker
-        .iter()
-        .map(|b| parse_broker(b))
-        .collect::<Result<Vec<_>, _>>()?;
-    let currencies = Currency::parse_list(&cli.currency).map_err(|e| format!("--currency: {e}"))?;
-    let since = cli.since.as_deref().map(parse_since).transpose()?;
-    let history = if cli.history.is_empty() {
-        let (host, _) = &brokers[0];
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        vec![format!("http://{host}:8080")]
-    } else {
-        cli.history.clone()
-    };
-    Ok(SubscriberConfig {
-        brokers,
-        history,
-        currencies,
-        since,
-        history_timeout: cli.history_timeout,
-        client_id: "pricesub".into(),
-    })
+    let mut config = SubscriberConfig::new(cli.broker.clone());
+    if !cli.history.is_empty() {
+        config.history = cli.history.clone();
+    }
+    config.currencies = Currency::parse_list(&cli.currency).context("--currency")?;
+    config.since = cli
+        .since
+        .as_deref()
+        .map(|s| pricesub::parse_since(s, Timedate::now()))
+        .transpose()
+        .map_err(|e| anyhow!("--since {e}"))?;
+    config.history_timeout = cli.history_timeout;
+    Ok(config)
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), Fatal> {
     let config = config(&cli)?;
-    let mut subscription = subscribe(config).map_err(|e| e.to_string())?;
+    let mut subscription = subscribe(config)?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
     if cli.count == Some(0) {
         return Ok(());
     }
+    let mut stop = std::pin::pin!(startup::shutdown_signal());
     loop {
         let event = tokio::select! {
             event = subscription.next() => event,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = &mut stop => return Ok(()),
         };
         match event {
             None => return Ok(()),
-            Some(Err(e)) => return Err(e.to_string()),
+            Some(Err(e)) => return Err(e.into()),
             Some(Ok(FeedEvent::Gap(gap))) => {
                 eprintln!(
                     "pricesub: gap on {}: no ticks from {} until {} ({})",
                     gap.currency.topic(),
                     gap.from,
                     gap.until,
-                    serde_json::to_value(gap.reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
+                    gap.reason
                 );
             }
             Some(Ok(FeedEvent::Tick(tick))) => {
@@ -148,7 +97,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                     Ok(()) => {}
                     // A closed stdout (`pricesub | head -3`) is the reader saying "enough".
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                    Err(e) => return Err(format!("cannot write the ticks: {e}")),
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context("cannot write the ticks")
+                            .into());
+                    }
                 }
                 printed += 1;
                 if cli.count.is_some_and(|n| printed >= n) {
@@ -160,47 +113,11 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match startup::parse("pricesub") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line saying what to fix; clap's usage hints are one `--help` away.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("pricesub: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pricesub: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(run(cli));
-    // Do not wait for background tasks (an MQTT connection mid-handshake) to wind down.
-    runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pricesub: {e}");
-            ExitCode::from(2)
-        }
-    }
+    // Logs are diagnostics only (stdout is the data): warnings and worse unless RUST_LOG says more.
+    startup::init_tracing(startup::LogFormat::Text, "warn");
+    startup::run("pricesub", Runtime::CurrentThread, run(cli))
 }

@@ -9,13 +9,13 @@
 //! # Layout
 //!
 //! - [`Feed`]: builds everything (store, sources, broker, listeners) and runs it until shutdown.
-//! - [`feed`]: the slot loop — sample, store, publish, record gaps, announce status.
+//! - [`slot_loop`]: the slot loop — sample, store, publish, record gaps, announce status.
 //! - [`mqtt`]: the publisher's MQTT connection with capped reconnect backoff.
 //! - [`clock`]: the wall clock the grid is read from (the system's, or tokio's paused time in tests).
 
 pub mod clock;
-pub mod feed;
 pub mod mqtt;
+pub mod slot_loop;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -24,14 +24,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use broker_config::{BrokerHandle, Credentials, EmbeddedBroker};
-use history_api::{ApiState, Metrics};
+use history_api::{ApiState, FeedFacts, Metrics};
+use history_store::{FeedInfo, HistoryStore};
 use price_sources::{SourceChain, SourceConfig};
-use ticks::{Currency, HistoryStore, Interval};
+use ticks::{BrokerUrl, Currency, Interval};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::WallClock;
-use crate::feed::{FeedStatus, SlotLoop, TickSink};
-use crate::mqtt::{BrokerUrl, MqttLink};
+use crate::mqtt::MqttLink;
+use crate::slot_loop::{FeedStatus, SlotLoop, TickSink};
 
 /// How long each part of shutdown may take before it is abandoned.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
@@ -81,14 +82,10 @@ impl Feed {
     /// Opens the store, starts the embedded broker (if any) and binds the HTTP listener, so that
     /// every configuration and port problem surfaces here, before the first tick.
     pub async fn build(config: Config) -> anyhow::Result<Feed> {
-        let store = HistoryStore::open(&config.db)?;
-        store
-            .set_feed_info(ticks::FeedInfo {
-                interval: config.interval,
-                demo: config.sources.iter().any(|s| s.kind.is_demo()),
-            })
-            .await?;
-        if config.sources.len() > 1 && config.sources.iter().any(|s| s.kind.is_demo()) {
+        // Everything that can be checked without touching the world is checked first, so a refused
+        // configuration leaves no trace (no store file, no feed settings written into one).
+        let demo = config.sources.iter().any(|s| s.kind.is_demo());
+        if config.sources.len() > 1 && demo {
             // A random walk filling in for a real outage would be an invented price labelled live.
             anyhow::bail!("--source demo cannot be combined with real sources");
         }
@@ -105,6 +102,13 @@ impl Feed {
             ),
         };
         credentials.validate().map_err(anyhow::Error::msg)?;
+        let store = HistoryStore::open(&config.db)?;
+        store
+            .set_feed_info(FeedInfo {
+                interval: config.interval,
+                demo,
+            })
+            .await?;
         let (broker, broker_url) = match &config.broker {
             BrokerMode::Embedded {
                 listen,
@@ -125,10 +129,7 @@ impl Feed {
                 } else {
                     addr.ip()
                 };
-                let url = BrokerUrl {
-                    host: host.to_string(),
-                    port: addr.port(),
-                };
+                let url = BrokerUrl::new(host.to_string(), addr.port());
                 (Some(handle), url)
             }
             BrokerMode::External { url } => (None, url.clone()),
@@ -201,13 +202,15 @@ impl Feed {
             }
         }
 
-        let api = ApiState {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            broker_connected: Some(link.connected()),
-            interval: config.interval,
-            demo,
-        };
+        let api = ApiState::new(
+            store.clone(),
+            FeedFacts {
+                interval: config.interval,
+                demo,
+            },
+        )
+        .with_metrics(metrics.clone())
+        .with_broker(link.connected());
         let http_stop = shutdown.clone();
         let http_addr = http.local_addr()?;
         let http_task = tokio::spawn(history_api::serve(http, api, async move {

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use price_sources::{DEFAULT_CHAIN, SourceConfig, SourceKind};
 use publisher::clock::WallClock;
-use publisher::mqtt::BrokerUrl;
 use publisher::{BrokerMode, Config, Feed};
-use ticks::{Currency, Interval};
+use startup::{Fatal, LogFormat, Runtime};
+use ticks::{BrokerUrl, Currency, Interval};
 use tokio_util::sync::CancellationToken;
 
 /// BTC price feed over MQTT: a tick per currency every interval on btc/USD and btc/EUR, stored in
@@ -71,12 +71,6 @@ struct Cli {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone)]
 struct CurrencyList(Vec<Currency>);
 
@@ -94,23 +88,9 @@ fn parse_source_url(s: &str) -> Result<(SourceKind, String), String> {
     Ok((kind, url.to_string()))
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // rmqtt logs every refused connection at info, and its ACL plugin logs its configuration,
-        // password included: keep the broker's crates at warn unless RUST_LOG says otherwise.
-        tracing_subscriber::EnvFilter::new(
-            "info,rmqtt=warn,rmqtt_acl=warn,rmqtt_retainer=warn,rmqtt_net=warn",
-        )
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
+/// rmqtt logs every refused connection at info, and its ACL plugin logs its configuration, password
+/// included: the broker's crates stay at warn unless RUST_LOG says otherwise.
+const DEFAULT_LOG: &str = "info,rmqtt=warn,rmqtt_acl=warn,rmqtt_retainer=warn,rmqtt_net=warn";
 
 impl Cli {
     fn into_config(self) -> anyhow::Result<Config> {
@@ -153,72 +133,23 @@ impl Cli {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> Result<(), Fatal> {
     let config = cli.into_config()?;
     let feed = Feed::build(config).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    feed.run(shutdown).await
-}
-
-/// Ctrl-C or SIGTERM (what `docker stop` and systemd send) stop the feed cleanly.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    shutdown.cancel();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        startup::shutdown_signal().await;
+        stop.cancel();
+    });
+    Ok(feed.run(shutdown).await?)
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match startup::parse("pricefeed") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line saying what to fix; clap's usage hints are one `--help` away.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("pricefeed: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pricefeed: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: what failed and why, causes joined.
-            eprintln!("pricefeed: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    startup::init_tracing(cli.log_format, DEFAULT_LOG);
+    startup::run("pricefeed", Runtime::MultiThread, run(cli))
 }

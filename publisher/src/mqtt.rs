@@ -4,8 +4,6 @@
 //! poll fails at once, so polling in a plain loop spins a core. The loop here backs off (capped,
 //! with jitter so a fleet of publishers does not reconnect in lock-step) and resets on CONNACK.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,6 +12,7 @@ use broker_config::Credentials;
 use rumqttc::{
     AsyncClient, ClientError, ConnectReturnCode, Event, LastWill, MqttOptions, Packet, QoS,
 };
+use ticks::BrokerUrl;
 use tokio_util::sync::CancellationToken;
 
 /// Queued publishes while the broker is unreachable; past this, live publishes are dropped (the
@@ -21,58 +20,6 @@ use tokio_util::sync::CancellationToken;
 const QUEUE: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Where an MQTT broker listens: `mqtt://host:port`, `tcp://host:port` or `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub host: String,
-    pub port: u16,
-}
-
-impl FromStr for BrokerUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .unwrap_or(s);
-        if s.contains("://") && rest == s {
-            return Err(format!(
-                "{s:?}: only plain MQTT (mqtt://host:port) is supported"
-            ));
-        }
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse()
-                    .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?,
-            ),
-            None => (rest, 1883),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains('/') {
-            return Err(format!(
-                "{s:?} is not a broker URL such as mqtt://127.0.0.1:1883"
-            ));
-        }
-        Ok(BrokerUrl {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Why a publish was not queued.
 #[derive(Debug, thiserror::Error)]
@@ -213,33 +160,5 @@ async fn drive(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls() {
-        let u: BrokerUrl = "mqtt://127.0.0.1:1884".parse().unwrap();
-        assert_eq!(
-            u,
-            BrokerUrl {
-                host: "127.0.0.1".into(),
-                port: 1884
-            }
-        );
-        assert_eq!(u.to_string(), "mqtt://127.0.0.1:1884");
-        assert_eq!("tcp://broker".parse::<BrokerUrl>().unwrap().port, 1883);
-        assert_eq!("broker:2000".parse::<BrokerUrl>().unwrap().host, "broker");
-        assert_eq!(
-            "mqtt://[::1]:1883".parse::<BrokerUrl>().unwrap().host,
-            "::1"
-        );
-        assert!("mqtts://broker:8883".parse::<BrokerUrl>().is_err());
-        assert!("mqtt://broker:http".parse::<BrokerUrl>().is_err());
-        assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
-        assert!("mqtt://host:99999".parse::<BrokerUrl>().is_err());
     }
 }

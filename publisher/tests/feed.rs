@@ -4,12 +4,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use history_store::{FeedInfo, HistoryStore};
 use price_sources::{SourceConfig, SourceKind};
 use publisher::clock::WallClock;
-use publisher::mqtt::BrokerUrl;
 use publisher::{BrokerMode, Config, Feed};
 use testkit::{FixtureServer, Mode, Mosquitto, Received, TickSubscriber};
-use ticks::{Currency, HistoryStore, Interval, Tick, Timedate};
+use ticks::{BrokerUrl, Currency, Interval, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
 
 const INTERVAL_MS: u64 = 250;
@@ -130,7 +130,7 @@ async fn exact_ticks_on_both_topics_one_per_slot_and_all_stored() {
         let first = live.first().unwrap().timedate;
         let last = live.last().unwrap().timedate;
         let stored: Vec<Tick> = store
-            .ticks_since(currency, first, 1000)
+            .read(move |s| s.ticks_since(currency, first, 1000))
             .await
             .unwrap()
             .into_iter()
@@ -209,11 +209,9 @@ async fn a_failing_source_falls_through_and_an_outage_publishes_nothing_until_re
     // The outage is in the store as gaps.
     let store = HistoryStore::open(&db).unwrap();
     let gaps = store
-        .gaps_overlapping(
-            Currency::ALL.to_vec(),
-            Timedate::from_unix_millis(0).unwrap(),
-            None,
-        )
+        .read(move |s| {
+            s.gaps_overlapping(&Currency::ALL, Timedate::from_unix_millis(0).unwrap(), None)
+        })
         .await
         .unwrap();
     assert!(gaps.iter().any(|g| g.currency == Currency::USD), "{gaps:?}");
@@ -269,10 +267,7 @@ async fn external_broker_mode_publishes_to_mosquitto_with_the_acl() {
         &[(SourceKind::Kraken, &kraken)],
     );
     cfg.broker = BrokerMode::External {
-        url: BrokerUrl {
-            host: "127.0.0.1".into(),
-            port: mosquitto.port,
-        },
+        url: BrokerUrl::new("127.0.0.1", mosquitto.port),
     };
     cfg.publisher_password = Some(mosquitto.password.clone());
     let feed = start(cfg).await;
@@ -316,4 +311,44 @@ async fn a_busy_http_port_is_a_startup_error_naming_it() {
         err.to_string(),
         format!("cannot listen for HTTP on {}", taken.local_addr().unwrap())
     );
+}
+
+/// A refused configuration changes nothing on disk: the store of a feed that ran on real sources
+/// still says so after someone tried `--source demo,kraken` on it.
+#[tokio::test]
+async fn a_refused_start_leaves_the_store_as_it_was() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let real = FeedInfo {
+        interval: Interval::DEFAULT,
+        demo: false,
+    };
+    HistoryStore::open(&db)
+        .unwrap()
+        .set_feed_info(real)
+        .await
+        .unwrap();
+    let mut cfg = config(&db, &[(SourceKind::Kraken, &kraken)]);
+    cfg.sources.insert(
+        0,
+        SourceConfig {
+            kind: SourceKind::Demo,
+            base_url: String::new(),
+        },
+    );
+    let err = Feed::build(cfg).await.err().expect("must fail");
+    assert!(
+        err.to_string().contains("demo cannot be combined"),
+        "{err:#}"
+    );
+    let info = HistoryStore::open(&db).unwrap().feed_info().await.unwrap();
+    assert_eq!(info, Some(real), "the refused demo start wrote nothing");
+
+    // Nor does a refused start create a store where there was none.
+    let fresh = dir.path().join("fresh.db");
+    let mut cfg = config(&fresh, &[(SourceKind::Kraken, &kraken)]);
+    cfg.request_timeout = Duration::ZERO;
+    assert!(Feed::build(cfg).await.is_err());
+    assert!(!fresh.exists());
 }

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use history_api::Metrics;
+use history_store::HistoryStore;
 use price_sources::{Quote, Sample, SourceKind};
 use publisher::clock::WallClock;
-use publisher::feed::{FeedStatus, Sampler, SlotLoop, TickSink};
-use ticks::{Currency, Gap, GapReason, HistoryStore, Interval, Tick, Timedate};
+use publisher::slot_loop::{FeedState, FeedStatus, Sampler, SlotLoop, TickSink};
+use ticks::{Currency, Gap, GapReason, Interval, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
 
 fn t(s: &str) -> Timedate {
@@ -199,7 +200,7 @@ async fn ticks_fall_on_the_wall_clock_grid_one_per_slot_per_currency() {
     // Every published tick is in the store.
     let stored = r
         .store
-        .ticks_since(Currency::USD, t("2026-11-24T01:40:00Z"), 100)
+        .read(move |s| s.ticks_since(Currency::USD, t("2026-11-24T01:40:00Z"), 100))
         .await
         .unwrap();
     let published_usd: Vec<Tick> = r
@@ -214,7 +215,7 @@ async fn ticks_fall_on_the_wall_clock_grid_one_per_slot_per_currency() {
     assert_eq!(stored, published_usd);
     let statuses = r.recorder.statuses.lock().unwrap();
     assert_eq!(statuses.len(), 1, "a steady feed announces its state once");
-    assert_eq!(statuses[0].state, "live");
+    assert_eq!(statuses[0].state, FeedState::Live);
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,7 +270,7 @@ async fn a_source_slower_than_the_interval_neither_shifts_the_grid_nor_invents_a
     );
     let gaps = r
         .store
-        .gaps_overlapping(Currency::ALL.to_vec(), t("2026-11-24T01:40:00Z"), None)
+        .read(move |s| s.gaps_overlapping(&Currency::ALL, t("2026-11-24T01:40:00Z"), None))
         .await
         .unwrap();
     let expected = |currency| Gap {
@@ -279,7 +280,7 @@ async fn a_source_slower_than_the_interval_neither_shifts_the_grid_nor_invents_a
         reason: GapReason::SourcesUnavailable,
     };
     assert_eq!(gaps, vec![expected(Currency::USD), expected(Currency::EUR)]);
-    let states: Vec<&str> = r
+    let states: Vec<FeedState> = r
         .recorder
         .statuses
         .lock()
@@ -289,7 +290,7 @@ async fn a_source_slower_than_the_interval_neither_shifts_the_grid_nor_invents_a
         .collect();
     assert_eq!(
         states,
-        vec!["live", "down", "live"],
+        vec![FeedState::Live, FeedState::Down, FeedState::Live],
         "outages are announced, and recoveries"
     );
 }
@@ -310,7 +311,7 @@ async fn a_currency_without_a_price_is_a_gap_while_the_other_ticks() {
     assert_eq!(r.recorder.ticks.lock().unwrap().len(), 2);
     let gaps = r
         .store
-        .gaps_overlapping(vec![Currency::EUR], t("2026-11-24T01:40:00Z"), None)
+        .read(move |s| s.gaps_overlapping(&[Currency::EUR], t("2026-11-24T01:40:00Z"), None))
         .await
         .unwrap();
     assert_eq!(gaps.len(), 1);
@@ -319,7 +320,7 @@ async fn a_currency_without_a_price_is_a_gap_while_the_other_ticks() {
         (t("2026-11-24T01:40:05Z"), t("2026-11-24T01:40:15Z"))
     );
     let statuses = r.recorder.statuses.lock().unwrap();
-    assert_eq!(statuses[0].state, "degraded");
+    assert_eq!(statuses[0].state, FeedState::Degraded);
     assert_eq!(
         statuses[0].missing_since.get(&Currency::EUR),
         Some(&t("2026-11-24T01:40:05Z"))
@@ -347,7 +348,7 @@ async fn falling_behind_records_the_skipped_slots_and_rejoins_the_grid() {
     );
     let gaps = r
         .store
-        .gaps_overlapping(vec![Currency::USD], t("2026-11-24T01:40:00Z"), None)
+        .read(move |s| s.gaps_overlapping(&[Currency::USD], t("2026-11-24T01:40:00Z"), None))
         .await
         .unwrap();
     assert_eq!(
@@ -389,7 +390,7 @@ async fn downtime_before_a_restart_is_recorded_as_a_gap() {
     .await;
     let gaps = r
         .store
-        .gaps_overlapping(Currency::ALL.to_vec(), t("2026-11-24T00:00:00Z"), None)
+        .read(move |s| s.gaps_overlapping(&Currency::ALL, t("2026-11-24T00:00:00Z"), None))
         .await
         .unwrap();
     assert_eq!(

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use history_store::HistoryStore;
 use testkit::{FeedProcess, TickSubscriber};
-use ticks::{Currency, HistoryStore, Tick, Timedate};
+use ticks::{Currency, Tick, Timedate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_write_leaves_a_readable_store_holding_every_published_tick() {
@@ -25,8 +26,9 @@ async fn sigkill_mid_write_leaves_a_readable_store_holding_every_published_tick(
         }
         let store = HistoryStore::open(&db).unwrap_or_else(|e| panic!("round {round}: {e}"));
         for tick in &published {
+            let (currency, timedate) = (tick.currency, tick.timedate);
             let found = store
-                .ticks_since(tick.currency, tick.timedate, 1)
+                .read(move |s| s.ticks_since(currency, timedate, 1))
                 .await
                 .unwrap();
             assert_eq!(
@@ -36,11 +38,13 @@ async fn sigkill_mid_write_leaves_a_readable_store_holding_every_published_tick(
             );
         }
         let usd = store
-            .ticks_since(
-                Currency::USD,
-                Timedate::from_unix_millis(0).unwrap(),
-                1_000_000,
-            )
+            .read(move |s| {
+                s.ticks_since(
+                    Currency::USD,
+                    Timedate::from_unix_millis(0).unwrap(),
+                    1_000_000,
+                )
+            })
             .await
             .unwrap();
         assert!(!usd.is_empty());

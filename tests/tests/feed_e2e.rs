@@ -129,7 +129,7 @@ async fn external_broker_mode_against_debian_mosquitto() {
     let db = dir.path().join("feed.db");
     let broker = format!("mqtt://127.0.0.1:{}", mosquitto.port);
     let url = format!("coindesk={}", coindesk.url());
-    let feed = Process::spawn(
+    let mut feed = Process::spawn(
         "pricefeed",
         &[
             "--broker",
@@ -148,7 +148,7 @@ async fn external_broker_mode_against_debian_mosquitto() {
             &url,
         ],
     );
-    let running = feed.wait_for_log("pricefeed running", WAIT).await;
+    let running = feed.wait_for_log("pricefeed running", WAIT).await.unwrap();
     assert_eq!(
         log_field(&running, "broker").as_deref(),
         Some(broker.as_str())
@@ -249,11 +249,14 @@ async fn standalone_history_reports_the_feeds_interval_and_demo_and_refuses_a_mi
     let feed = FeedProcess::start(&db, &["--source", "demo", "--interval", "250ms"]).await;
     assert!(feed.process.terminate(WAIT).await.success());
 
-    let history = Process::spawn(
+    let mut history = Process::spawn(
         "history-api",
         &["--db", db.to_str().unwrap(), "--http-listen", "127.0.0.1:0"],
     );
-    let line = history.wait_for_log("history API listening", WAIT).await;
+    let line = history
+        .wait_for_log("history API listening", WAIT)
+        .await
+        .unwrap();
     let addr = log_field(&line, "address").unwrap();
     let url = format!("http://{addr}/v1/ticks?since=0&limit=1");
     let (_, body, _) = run_command("curl", &["-sS", &url], WAIT).await;

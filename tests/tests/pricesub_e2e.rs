@@ -78,8 +78,8 @@ async fn since_replays_history_then_follows_live_and_survives_a_feed_restart() {
     let args = feed_args(db.to_str().unwrap());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let since = Timedate::now();
-    let feed = Process::spawn("pricefeed", &args);
-    feed.wait_for_log("pricefeed running", WAIT).await;
+    let mut feed = Process::spawn("pricefeed", &args);
+    feed.wait_for_log("pricefeed running", WAIT).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let broker = format!("mqtt://{mqtt}");
@@ -101,8 +101,8 @@ async fn since_replays_history_then_follows_live_and_survives_a_feed_restart() {
     // The feed goes away for a while (the client's network path with it) and comes back.
     assert!(feed.terminate(WAIT).await.success());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let feed = Process::spawn("pricefeed", &args);
-    feed.wait_for_log("pricefeed running", WAIT).await;
+    let mut feed = Process::spawn("pricefeed", &args);
+    feed.wait_for_log("pricefeed running", WAIT).await.unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
 
     let pid = sub.child.id().unwrap();
@@ -270,5 +270,43 @@ async fn curl_on_garbage_since_is_a_400_that_says_why() {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["parameter"], "since");
     assert!(v["message"].as_str().unwrap().contains("garbage"));
+    assert!(feed.process.terminate(WAIT).await.success());
+}
+
+/// A systemd stop or `docker stop` sends SIGTERM: pricesub ends as cleanly as on Ctrl-C, with
+/// status 0 and every line it printed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_pricesub_cleanly() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = FeedProcess::start(
+        &dir.path().join("feed.db"),
+        &["--source", "demo", "--interval", "250ms"],
+    )
+    .await;
+    let broker = format!("mqtt://{}", feed.mqtt);
+    let history = format!("http://{}", feed.http);
+    let mut sub = Process::spawn(
+        "pricesub",
+        &["--broker", &broker, "--history", &history, "--since", "1m"],
+    );
+    // Running and printing: the first line is out.
+    let mut stdout = tokio::io::BufReader::new(sub.child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .expect("a first tick within the wait")
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with("btc/"), "{first}");
+    let status = sub.terminate(WAIT).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM ends pricesub with 0: {status}"
+    );
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        Tick::from_message(topic, payload.as_bytes()).unwrap();
+    }
     assert!(feed.process.terminate(WAIT).await.success());
 }

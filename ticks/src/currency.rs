@@ -5,10 +5,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Subscribing to this filter gets every currency and nothing else: nothing but ticks is ever
-/// published under `btc/`.
-pub const TOPIC_FILTER_ALL: &str = "btc/+";
-
 /// Retained service status (feed state, gaps, demo data) lives outside `btc/` so that `btc/#`
 /// subscribers only ever see ticks.
 pub const STATUS_TOPIC: &str = "pricefeed/status";
@@ -40,13 +36,18 @@ impl Currency {
         }
     }
 
+    /// The currency of an ISO 4217 numeric code; `None` for any other number.
+    pub fn from_numeric(code: i64) -> Option<Currency> {
+        Currency::ALL.into_iter().find(|c| c.numeric() == code)
+    }
+
     /// The currency a tick topic belongs to; `None` for any other topic.
     pub fn from_topic(topic: &str) -> Option<Currency> {
         Currency::ALL.into_iter().find(|c| c.topic() == topic)
     }
 
     /// ISO 4217 numeric code: the stable, compact key the store uses.
-    pub(crate) const fn numeric(self) -> i64 {
+    pub const fn numeric(self) -> i64 {
         match self {
             Currency::USD => 840,
             Currency::EUR => 978,

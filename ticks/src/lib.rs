@@ -2,8 +2,9 @@
 //!
 //! A *tick* is one observed BTC price in one currency for one slot of the wall clock. This crate owns
 //! its identity (currency + slot start), its wire format (the MQTT payload and the history API's tick
-//! object are the same bytes), the topic names, and the SQLite store that keeps every tick and every
-//! gap. It does no networking: the publisher, the history API and `pricesub` build on it.
+//! object are the same bytes), the topic names, the gaps history reports, and how a broker's address
+//! is written. It does no I/O and keeps no state: the store (`history-store`), the publisher, the
+//! history API and the `pricesub` SDK build on it, and an SDK user pays for nothing more.
 //!
 //! # Layout
 //!
@@ -11,16 +12,19 @@
 //! - [`price`]: an exact decimal price, parsed from what a source sent, printed without float noise.
 //! - [`time`]: [`Timedate`] (a slot start in UTC) and the slot grid.
 //! - [`wire`]: the tick and its JSON payload, `{"timedate":…,"price":…}`.
-//! - [`store`]: [`HistoryStore`], the ticks and gaps in SQLite.
+//! - [`gap`]: [`Gap`], a span of slots with no tick, and its [`GapReason`].
+//! - [`broker`]: [`BrokerUrl`], where an MQTT broker listens.
 
+pub mod broker;
 pub mod currency;
+pub mod gap;
 pub mod price;
-pub mod store;
 pub mod time;
 pub mod wire;
 
-pub use currency::{Currency, STATUS_TOPIC, TOPIC_FILTER_ALL};
+pub use broker::{BadBrokerUrl, BrokerUrl};
+pub use currency::{Currency, STATUS_TOPIC};
+pub use gap::{Gap, GapReason};
 pub use price::{Price, PriceError};
-pub use store::{FeedInfo, Gap, GapReason, HistoryStore, Snapshot, StoreError};
 pub use time::{Interval, Timedate, TimedateError};
 pub use wire::{Tick, WireError};

@@ -9,10 +9,11 @@ use std::sync::atomic::AtomicBool;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use history_api::{ApiState, Metrics};
+use history_api::{ApiState, FeedFacts};
+use history_store::HistoryStore;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use ticks::{Currency, HistoryStore, Interval, Tick, Timedate};
+use ticks::{Currency, Interval, Tick, Timedate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
@@ -52,20 +53,17 @@ pub async fn store_with(n: i64) -> HistoryStore {
 }
 
 pub fn state(store: HistoryStore) -> ApiState {
-    ApiState {
+    ApiState::new(
         store,
-        metrics: Arc::new(Metrics::new()),
-        broker_connected: None,
-        interval: Interval::DEFAULT,
-        demo: false,
-    }
+        FeedFacts {
+            interval: Interval::DEFAULT,
+            demo: false,
+        },
+    )
 }
 
 pub fn state_with_broker(store: HistoryStore, connected: bool) -> ApiState {
-    ApiState {
-        broker_connected: Some(Arc::new(AtomicBool::new(connected))),
-        ..state(store)
-    }
+    state(store).with_broker(Arc::new(AtomicBool::new(connected)))
 }
 
 pub struct Answer {

@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use history_store::HistoryStore;
 use serde::Serialize;
-use ticks::{Currency, HistoryStore, Interval, Timedate};
+use ticks::{Currency, Interval, Timedate};
 
-use crate::gen_store::{self, GenReport};
-use crate::report::{self, Table, fmt_f};
-use crate::servers::{Bins, HistoryApi, Nginx, http_get};
-use crate::sys::{self, CpuMeter};
+use testkit::HistoryProcess;
+
+use crate::harness::meters::{self, CpuMeter};
+use crate::harness::report::{self, Table, fmt_f};
+use crate::harness::servers::{Nginx, http_get};
+use crate::harness::store::{self, GenReport};
 
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
@@ -148,8 +151,10 @@ pub struct HistoryResult {
 }
 
 pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
-    let bins = Bins(args.bin_dir.clone());
-    anyhow::ensure!(sys::have("wrk"), "wrk is required (apt-get install -y wrk)");
+    anyhow::ensure!(
+        testkit::have("wrk"),
+        "wrk is required (apt-get install -y wrk)"
+    );
     let tmp = match &args.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -162,7 +167,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         None => {
             let db = tmp.path().join("year.db");
             eprintln!("history: generating {} days of 5 s ticks", args.days);
-            let r = gen_store::generate(
+            let r = store::generate(
                 db.clone(),
                 Duration::from_secs_f64(args.days * 86_400.0),
                 Interval::DEFAULT,
@@ -177,14 +182,12 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
     };
     let store = HistoryStore::open(&db)?;
     let (first, last) = store
-        .bounds(Currency::USD)
+        .read(move |s| s.bounds(Currency::USD))
         .await?
         .context("the store holds no USD tick")?;
     let (first, last) = (first.timedate, last.timedate);
-    let store_ticks: u64 = store.read_blocking(|c| {
-        Ok(c.query_row("SELECT count(*) FROM ticks", [], |r| r.get::<_, i64>(0))? as u64)
-    })?;
-    let store_file_bytes = sys::file_size(&db);
+    let store_ticks = store.read(|s| s.tick_count()).await?;
+    let store_file_bytes = meters::file_size(&db);
 
     let hour_ago = last.saturating_sub(Duration::from_secs(3600));
     let day_ago = last
@@ -219,9 +222,15 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         let mut us = Vec::with_capacity(args.store_reps);
         for _ in 0..args.store_reps.max(1) {
             let started = Instant::now();
-            for c in Currency::ALL {
-                store.ticks_since(c, *since, limit).await?;
-            }
+            let since = *since;
+            store
+                .read(move |s| {
+                    for c in Currency::ALL {
+                        s.ticks_since(c, since, limit)?;
+                    }
+                    Ok(())
+                })
+                .await?;
             us.push(started.elapsed().as_micros() as u64);
         }
         us.sort_unstable();
@@ -233,7 +242,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
     drop(store);
 
     // Our answers, saved as nginx's files.
-    let api = HistoryApi::start(&bins, &db, "5s").await?;
+    let api = HistoryProcess::launch(&args.bin_dir, &db, &["--interval", "5s"]).await?;
     let root = tmp.path().join("www");
     std::fs::create_dir_all(&root)?;
     let mut bodies = Vec::new();
@@ -264,7 +273,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             "nginx does not serve the same bytes"
         );
     }
-    let nginx_pids = sys::with_children(nginx.proc.pid);
+    let nginx_pids = meters::with_children(nginx.process.pid);
 
     // Each run: a name, the path it reports, our URL, the wrk script if any, and which query's
     // file nginx serves beside it.
@@ -324,7 +333,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         let single = (1, 1, args.wrk_single_duration.as_str());
         let single_too = !args.wrk_single_duration.starts_with('0');
         let script = script.as_deref();
-        let ours_pids = vec![api.proc.pid];
+        let ours_pids = vec![api.process.pid];
 
         let before = AnsweredFrom::read(api.addr).await?;
         let ours = wrk_script(args.retry(), script, load, &ours_url, ours_pids.clone()).await?;
@@ -356,8 +365,8 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             answered_from,
         });
     }
-    api.proc.stop(Duration::from_secs(20)).await;
-    nginx.proc.stop(Duration::from_secs(5)).await;
+    api.process.stop(Duration::from_secs(20)).await;
+    nginx.process.stop(Duration::from_secs(5)).await;
 
     let result = HistoryResult {
         bytes_per_tick: store_file_bytes as f64 / store_ticks as f64,
@@ -451,8 +460,8 @@ async fn wrk_script_once(
     pids: Vec<u32>,
 ) -> anyhow::Result<Wrk> {
     let cpu = CpuMeter::start(pids.clone());
-    let machine = sys::MachineMeter::start();
-    let others = sys::OthersMeter::start();
+    let machine = meters::MachineMeter::start();
+    let others = meters::OthersMeter::start();
     let mut wrk_args = vec![
         format!("-t{threads}"),
         format!("-c{connections}"),
@@ -465,7 +474,7 @@ async fn wrk_script_once(
         wrk_args.extend(["-s".into(), script.display().to_string()]);
     }
     wrk_args.push(url.to_string());
-    let raw = sys::run_output("wrk", &wrk_args, Duration::from_secs(600)).await?;
+    let raw = testkit::command_stdout("wrk", &wrk_args, Duration::from_secs(600)).await?;
     let server_cpu_percent = cpu.percent();
     let machine_percent = machine.percent();
     let mut w = parse_wrk(&raw).with_context(|| format!("cannot read wrk's output:\n{raw}"))?;

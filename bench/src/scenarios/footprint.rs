@@ -10,10 +10,12 @@ use anyhow::Context;
 use serde::Serialize;
 use ticks::{Interval, Timedate};
 
-use crate::mqtt;
-use crate::report::{self, Table, fmt_f};
-use crate::servers::{Bins, Feed, FeedOptions, Mosquitto};
-use crate::sys::{self, CpuMeter};
+use testkit::Mosquitto;
+
+use crate::harness::lean_mqtt as mqtt;
+use crate::harness::meters::{self, CpuMeter};
+use crate::harness::report::{self, Table, fmt_f};
+use crate::harness::servers::{BrokerKind, Server};
 
 #[derive(Debug, clap::Args)]
 pub struct FootprintArgs {
@@ -51,22 +53,14 @@ pub struct FootprintResult {
 }
 
 pub async fn run(args: FootprintArgs) -> anyhow::Result<FootprintResult> {
-    let bins = Bins(args.bin_dir.clone());
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("idle.db");
     let interval = Interval::DEFAULT;
 
     let spawned_at = Timedate::now();
-    let feed = Feed::start(
-        &bins,
-        FeedOptions {
-            db: &db,
-            interval: "5s",
-            external_broker: None,
-            max_clients: 1000,
-        },
-    )
-    .await?;
+    let feed = Server::start(&args.bin_dir, BrokerKind::Pricefeed, &db, "5s", 1000, &[])
+        .await?
+        .feed;
     // Subscribe as soon as the broker listens; the first tick comes at the next slot boundary.
     let (mut stream, mut buf) = mqtt::connect(
         feed.mqtt,
@@ -83,24 +77,24 @@ pub async fn run(args: FootprintArgs) -> anyhow::Result<FootprintResult> {
     )
     .await
     .context("no tick within three intervals")??;
-    let first_tick_ms = feed.proc.started.elapsed().as_secs_f64() * 1000.0;
+    let first_tick_ms = feed.process.started.elapsed().as_secs_f64() * 1000.0;
     let received_at = Timedate::now();
     let publish = mqtt::parse_publish(first, &body)?;
     let tick = ticks::Tick::from_message(std::str::from_utf8(publish.topic)?, publish.payload)?;
     drop(stream);
     let after_slot_start_ms = received_at.unix_millis() - tick.timedate.unix_millis();
 
-    let mosquitto = Mosquitto::start(&[]).await?;
+    let mosquitto = Mosquitto::launch(&[]).await?;
     // Let both settle (the subscriber's disconnect, Mosquitto's start) before the idle window.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ours = CpuMeter::start(vec![feed.proc.pid]);
-    let peer = CpuMeter::start(vec![mosquitto.proc.pid]);
+    let ours = CpuMeter::start(vec![feed.process.pid]);
+    let peer = CpuMeter::start(vec![mosquitto.process.pid]);
     let started = Instant::now();
     tokio::time::sleep(args.idle).await;
     let idle_seconds = started.elapsed().as_secs_f64();
     let pricefeed_idle_cpu_percent = ours.percent();
     let mosquitto_idle_cpu_percent = peer.percent();
-    let pid = feed.proc.pid;
+    let pid = feed.process.pid;
     let result = FootprintResult {
         idle_seconds,
         pricefeed_ready_ms: feed.ready_after.as_secs_f64() * 1000.0,
@@ -111,21 +105,21 @@ pub async fn run(args: FootprintArgs) -> anyhow::Result<FootprintResult> {
         first_slot_expected: interval.slot_at_or_after(spawned_at).to_string(),
         interval_ms: interval.as_millis(),
         pricefeed_idle_cpu_percent,
-        pricefeed_rss_kb: sys::rss_kb(pid).unwrap_or(0),
-        pricefeed_hwm_kb: sys::status_kb(pid, "VmHWM").unwrap_or(0),
-        pricefeed_threads: sys::status_kb(pid, "Threads").unwrap_or(0),
+        pricefeed_rss_kb: meters::rss_kb(pid).unwrap_or(0),
+        pricefeed_hwm_kb: meters::status_kb(pid, "VmHWM").unwrap_or(0),
+        pricefeed_threads: meters::status_kb(pid, "Threads").unwrap_or(0),
         mosquitto_ready_ms: mosquitto.ready_after.as_secs_f64() * 1000.0,
         mosquitto_idle_cpu_percent,
-        mosquitto_rss_kb: sys::rss_kb(mosquitto.proc.pid).unwrap_or(0),
+        mosquitto_rss_kb: meters::rss_kb(mosquitto.process.pid).unwrap_or(0),
         binaries: ["pricefeed", "history-api", "pricesub"]
             .iter()
-            .map(|b| (b.to_string(), sys::file_size(&args.bin_dir.join(b))))
+            .map(|b| (b.to_string(), meters::file_size(&args.bin_dir.join(b))))
             .collect(),
-        mosquitto_binary_bytes: sys::which("mosquitto").map_or(0, |p| sys::file_size(&p)),
+        mosquitto_binary_bytes: testkit::which("mosquitto").map_or(0, |p| meters::file_size(&p)),
         profile_dir: args.bin_dir.display().to_string(),
     };
-    feed.proc.stop(Duration::from_secs(10)).await;
-    mosquitto.proc.stop(Duration::from_secs(5)).await;
+    feed.process.stop(Duration::from_secs(10)).await;
+    mosquitto.process.stop(Duration::from_secs(5)).await;
 
     std::fs::create_dir_all(&args.out)?;
     report::write_json(&args.out.join("footprint.json"), &result)?;

@@ -2,37 +2,29 @@
 //! backfilling the last 10 minutes from history, then following live with no gap and no
 //! duplicate; afterwards every client's sequence is compared with the store.
 //!
-//! Two client implementations: `lean` (default), a faithful equivalent of `pricesub`'s algorithm
-//! (subscribe to both tick topics and buffer, fetch history from `since` while still reading,
-//! deliver history then the buffer then live, each tick only if newer than the last delivered of
-//! its currency, fetch a hole before a live tick that skips a slot) on the harness's lean MQTT
-//! client and a plain HTTP/1.1 GET; and `pricesub`, the SDK itself (`pricesub::subscribe`), whose
-//! per-subscription set-up (a reqwest client that loads the system's root certificates, a rumqttc
-//! event loop) costs the generator far more CPU than the server spends.
+//! The clients are the `pricesub` SDK itself (`pricesub::subscribe`), K subscriptions in this one
+//! process: what is measured is the product's hand-off (subscribe and buffer, backfill, drain,
+//! follow) against the product's servers, not a copy of it.
 //!
 //! The store is generated with 30 minutes of 5 s ticks (what a real client backfills in 10
 //! minutes: 240 ticks) and the feed then runs at a 1 s interval, so that "live" (a tick newer than
 //! the storm's start) comes within a second. The peer, in the same run, is the same storm against
 //! Debian's Mosquitto as the broker, with `pricefeed --broker` publishing to it and serving history.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use history_store::HistoryStore;
 use serde::Serialize;
-use ticks::wire::WireTick;
-use ticks::{Currency, HistoryStore, Interval, Tick, Timedate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ticks::{BrokerUrl, Currency, Interval, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::BrokerKind;
-use crate::gen_store;
-use crate::mqtt;
-use crate::report::{self, Table, fmt_f};
-use crate::servers::{Bins, Server, http_get};
-use crate::sys::{self, CpuMeter, Sampler};
+use crate::harness::meters::{self, CpuMeter, Sampler};
+use crate::harness::report::{self, Table, fmt_f};
+use crate::harness::servers::{BrokerKind, Server};
+use crate::harness::store;
 
 #[derive(Debug, clap::Args)]
 pub struct StormArgs {
@@ -66,30 +58,17 @@ pub struct StormArgs {
     pub max_other_cpu: f64,
     #[arg(long, default_value_t = 3)]
     pub attempts: usize,
-    /// Client implementation.
-    #[arg(long, value_enum, default_value_t = StormClient::Lean)]
-    pub client: StormClient,
-    /// Name of the result files (default: storm, or storm-pricesub).
-    #[arg(long)]
-    pub name: Option<String>,
+    /// Name of the result files.
+    #[arg(long, default_value = "storm")]
+    pub name: String,
     /// Fail unless every client went live with no tick missing or duplicated.
     #[arg(long)]
     pub assert_gapless: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StormClient {
-    /// The harness's faithful equivalent of pricesub on its lean MQTT client.
-    Lean,
-    /// The pricesub SDK (`pricesub::subscribe`).
-    Pricesub,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct StormResult {
     pub broker: BrokerKind,
-    pub client: StormClient,
     pub clients: usize,
     pub live: usize,
     pub errors: usize,
@@ -141,15 +120,15 @@ struct ClientLog {
 }
 
 pub async fn run(args: StormArgs) -> anyhow::Result<Vec<StormResult>> {
-    let bins = Bins(args.bin_dir.clone());
+    let bins = args.bin_dir.clone();
     let max = args.clients.iter().copied().max().unwrap_or(0);
     // An MQTT and an HTTP connection per client, on both ends when the server is ours.
-    let nofile = sys::ensure_nofile(2 * max + 100)?;
+    let nofile = meters::ensure_nofile(2 * max + 100)?;
     eprintln!("storm: RLIMIT_NOFILE {nofile}");
     let mut results = Vec::new();
     for &k in &args.clients {
         for &broker in &args.brokers {
-            eprintln!("storm: {k} {:?} clients on {broker:?}", args.client);
+            eprintln!("storm: {k} pricesub clients on {broker:?}");
             let mut attempt = 1;
             let r = loop {
                 let r = run_one(&bins, &args, broker, k).await?;
@@ -169,10 +148,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Vec<StormResult>> {
         }
     }
     std::fs::create_dir_all(&args.out)?;
-    let name = args.name.clone().unwrap_or_else(|| match args.client {
-        StormClient::Lean => "storm".into(),
-        StormClient::Pricesub => "storm-pricesub".into(),
-    });
+    let name = &args.name;
     report::write_json(&args.out.join(format!("{name}.json")), &results)?;
     let table = table(&args, &results);
     report::write_table(&args.out.join(format!("{name}.md")), &table)?;
@@ -204,7 +180,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Vec<StormResult>> {
 }
 
 async fn run_one(
-    bins: &Bins,
+    bins: &Path,
     args: &StormArgs,
     broker: BrokerKind,
     k: usize,
@@ -212,7 +188,7 @@ async fn run_one(
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("storm.db");
     // Ticks for the backfill window and more, ending now, at the product's 5 s interval.
-    gen_store::generate(
+    store::generate(
         db.clone(),
         args.backfill * 3,
         Interval::DEFAULT,
@@ -226,10 +202,9 @@ async fn run_one(
     let feed = &server.feed;
     // A few live ticks first, so the broker holds retained ones and the feed is warm.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_before: u64 = server_pids.iter().filter_map(|&p| sys::rss_kb(p)).sum();
+    let rss_before: u64 = server_pids.iter().filter_map(|&p| meters::rss_kb(p)).sum();
 
-    let host = feed.mqtt.ip().to_string();
-    let port = feed.mqtt.port();
+    let broker_url = BrokerUrl::new(feed.mqtt.ip().to_string(), feed.mqtt.port());
     let history = format!("http://{}", feed.http);
     let storm_start = Timedate::now();
     let since = storm_start.saturating_sub(args.backfill);
@@ -241,11 +216,11 @@ async fn run_one(
     let broker_sampler = server
         .mosquitto
         .as_ref()
-        .map(|m| Sampler::start(vec![m.proc.pid], Duration::from_millis(250)));
+        .map(|m| Sampler::start(vec![m.process.pid], Duration::from_millis(250)));
     let server_cpu = CpuMeter::start(server_pids.clone());
     let harness_cpu = CpuMeter::start_self();
-    let machine_cpu = sys::MachineMeter::start();
-    let others = sys::OthersMeter::start();
+    let machine_cpu = meters::MachineMeter::start();
+    let others = meters::OthersMeter::start();
 
     let ctx = Arc::new(StormCtx {
         storm_start,
@@ -262,8 +237,11 @@ async fn run_one(
     for i in 0..k {
         let at = t0 + args.within.mul_f64(i as f64 / k as f64);
         let ctx = ctx.clone();
-        let client = args.client;
-        let (host, history, mqtt, http) = (host.clone(), history.clone(), feed.mqtt, feed.http);
+        let mut config = pricesub::SubscriberConfig::new(vec![broker_url.clone()]);
+        config.history = vec![history.clone()];
+        config.since = Some(since);
+        config.history_timeout = Duration::from_secs(30);
+        config.client_id = format!("bench-storm-{i}");
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let now = Timedate::now();
@@ -279,21 +257,7 @@ async fn run_one(
                 gaps: 0,
                 error: None,
             };
-            let id = format!("bench-storm-{i}");
-            let outcome = match client {
-                StormClient::Lean => lean_client(mqtt, http, since, &id, &ctx, &mut log).await,
-                StormClient::Pricesub => {
-                    let config = pricesub::SubscriberConfig {
-                        brokers: vec![(host, port)],
-                        history: vec![history],
-                        currencies: Currency::ALL.to_vec(),
-                        since: Some(since),
-                        history_timeout: Duration::from_secs(30),
-                        client_id: id,
-                    };
-                    sdk_client(config, &ctx, &mut log).await
-                }
-            };
+            let outcome = sdk_client(config, &ctx, &mut log).await;
             if let Err(e) = outcome {
                 log.error = Some(e);
                 if log.live_after.is_none() {
@@ -333,7 +297,7 @@ async fn run_one(
     let mut expected = std::collections::BTreeMap::new();
     for c in Currency::ALL {
         let ticks: Vec<Timedate> = store
-            .ticks_since(c, since, 10_000_000)
+            .read(move |s| s.ticks_since(c, since, 10_000_000))
             .await?
             .into_iter()
             .map(|t| t.timedate)
@@ -405,7 +369,6 @@ async fn run_one(
     let live_count = live_times.len();
     let result = StormResult {
         broker,
-        client: args.client,
         own_live_p50_seconds: report::percentile_ms(&own_live, 50.0) / 1000.0,
         own_live_max_seconds: report::percentile_ms(&own_live, 100.0) / 1000.0,
         catch_up_p50_seconds: report::percentile_ms(&catch_up, 50.0) / 1000.0,
@@ -485,244 +448,10 @@ async fn sdk_client(
     }
 }
 
-/// One page of `/v1/ticks`: what a client needs of it.
-#[derive(serde::Deserialize)]
-struct Page {
-    ticks: std::collections::BTreeMap<Currency, Vec<WireTick>>,
-    #[serde(default)]
-    gaps: Vec<serde_json::Value>,
-    #[serde(default)]
-    next_cursor: Option<String>,
-    #[serde(default)]
-    interval: Option<String>,
-}
-
-/// Every tick of `currencies` from `since` (following cursors), oldest first per currency, the
-/// number of gaps reported and the server's interval.
-async fn fetch_history(
-    http: SocketAddr,
-    currencies: &str,
-    since: Timedate,
-) -> Result<(Vec<Tick>, u64, Option<Interval>), String> {
-    let mut out = Vec::new();
-    let mut gaps = 0;
-    let mut interval = None;
-    let mut cursor: Option<String> = None;
-    for _ in 0..1000 {
-        let path = match &cursor {
-            Some(c) => format!(
-                "/v1/ticks?currency={currencies}&limit=10000&cursor={}",
-                percent_encode(c)
-            ),
-            None => format!("/v1/ticks?currency={currencies}&limit=10000&since={since}"),
-        };
-        let (status, body) = http_get(http, &path)
-            .await
-            .map_err(|e| format!("history: {e:#}"))?;
-        if status != 200 {
-            return Err(format!(
-                "history: HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        let page: Page =
-            serde_json::from_slice(&body).map_err(|e| format!("history answer: {e}"))?;
-        for (currency, ticks) in page.ticks {
-            out.extend(ticks.into_iter().map(|w| Tick {
-                currency,
-                timedate: w.timedate,
-                price: w.price,
-            }));
-        }
-        gaps += page.gaps.len() as u64;
-        if interval.is_none() {
-            interval = page.interval.and_then(|i| i.parse().ok());
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok((out, gaps, interval)),
-        }
-    }
-    Err("history: more than 1000 pages".into())
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Parses every complete packet in `buf`: SUBACKs are counted, tick PUBLISHes collected, PUBACKs
-/// queued in `acks`.
-fn take_packets(
-    buf: &mut Vec<u8>,
-    acks: &mut Vec<u8>,
-    ticks: &mut Vec<Tick>,
-    subacks: &mut usize,
-) -> Result<(), String> {
-    let mut used = 0;
-    while let Some((first, body, total)) =
-        mqtt::next_packet(&buf[used..]).map_err(|e| e.to_string())?
-    {
-        let body = &buf[used + body.start..used + body.end];
-        match first & 0xF0 {
-            mqtt::SUBACK => {
-                if body.last() == Some(&0x80) {
-                    return Err("SUBSCRIBE refused".into());
-                }
-                *subacks += 1;
-            }
-            mqtt::PUBLISH => {
-                let p = mqtt::parse_publish(first, body).map_err(|e| e.to_string())?;
-                if let Some(id) = p.packet_id {
-                    mqtt::puback(id, acks);
-                }
-                let topic = std::str::from_utf8(p.topic).map_err(|e| e.to_string())?;
-                if let Ok(tick) = Tick::from_message(topic, p.payload) {
-                    ticks.push(tick);
-                }
-            }
-            _ => {}
-        }
-        used += total;
-    }
-    buf.drain(..used);
-    Ok(())
-}
-
-/// Reads what arrives; returns false on a closed connection.
-async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
-    if buf.capacity() - buf.len() < 2048 {
-        buf.reserve(8192);
-    }
-    match stream.read_buf(buf).await {
-        Ok(0) => Err("broker closed the connection".into()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("read: {e}")),
-    }
-}
-
-/// pricesub's algorithm on the lean client: subscribe and buffer, backfill while reading,
-/// deliver history, then the buffer, then live, each tick once and in order; fetch a hole.
-async fn lean_client(
-    mqtt_addr: SocketAddr,
-    http: SocketAddr,
-    since: Timedate,
-    id: &str,
-    ctx: &StormCtx,
-    log: &mut ClientLog,
-) -> Result<(), String> {
-    let (mut stream, mut buf) = mqtt::connect(mqtt_addr, id, None, 60, Duration::from_secs(30))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut subscribe = Vec::new();
-    for (i, c) in Currency::ALL.iter().enumerate() {
-        subscribe.extend(mqtt::subscribe_packet(i as u16 + 1, c.topic(), 1));
-    }
-    stream
-        .write_all(&subscribe)
-        .await
-        .map_err(|e| format!("subscribe: {e}"))?;
-    let (mut acks, mut live, mut subacks) = (Vec::new(), Vec::new(), 0);
-    take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
-    while subacks < Currency::ALL.len() {
-        tokio::time::timeout(Duration::from_secs(30), read_more(&mut stream, &mut buf))
-            .await
-            .map_err(|_| "no SUBACK within 30 s".to_string())??;
-        take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
-    }
-
-    // Backfill while still reading (and acknowledging) live ticks into the buffer.
-    let fetch = fetch_history(http, "USD,EUR", since);
-    tokio::pin!(fetch);
-    let (history, gaps, interval) = loop {
-        if !acks.is_empty() {
-            stream
-                .write_all(&acks)
-                .await
-                .map_err(|e| format!("puback: {e}"))?;
-            acks.clear();
-        }
-        tokio::select! {
-            result = &mut fetch => break result?,
-            read = read_more(&mut stream, &mut buf) => {
-                read?;
-                take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
-            }
-            _ = ctx.stop.cancelled() => return Ok(()),
-        }
-    };
-    log.gaps += gaps;
-    let mut last: [Option<Timedate>; 2] = [None, None];
-    let slot = |c: Currency| usize::from(c == Currency::EUR);
-    let deliver = |tick: &Tick, log: &mut ClientLog, last: &mut [Option<Timedate>; 2]| {
-        let l = &mut last[slot(tick.currency)];
-        if l.is_none_or(|l| tick.timedate > l) {
-            *l = Some(tick.timedate);
-            ctx.delivered(log, tick);
-        }
-    };
-    let mut history = history;
-    history.sort_by_key(|t| (t.timedate, t.currency));
-    for tick in &history {
-        deliver(tick, log, &mut last);
-    }
-    live.sort_by_key(|t| (t.timedate, t.currency));
-    for tick in live.drain(..) {
-        deliver(&tick, log, &mut last);
-    }
-
-    // Follow live.
-    loop {
-        if !acks.is_empty() {
-            stream
-                .write_all(&acks)
-                .await
-                .map_err(|e| format!("puback: {e}"))?;
-            acks.clear();
-        }
-        for tick in std::mem::take(&mut live) {
-            let prev = last[slot(tick.currency)];
-            if let (Some(prev), Some(interval)) = (prev, interval)
-                && tick.timedate > prev.next(interval)
-            {
-                // A live tick skipped a slot: history has the hole (or knows why not).
-                let from = Timedate::from_unix_millis(prev.unix_millis() + 1).unwrap_or(prev);
-                let (hole, gaps, _) = fetch_history(http, tick.currency.code(), from).await?;
-                log.gaps += gaps;
-                for t in hole.iter().filter(|t| t.timedate < tick.timedate) {
-                    deliver(t, log, &mut last);
-                }
-            }
-            deliver(&tick, log, &mut last);
-        }
-        tokio::select! {
-            read = read_more(&mut stream, &mut buf) => {
-                read?;
-                take_packets(&mut buf, &mut acks, &mut live, &mut subacks)?;
-            }
-            _ = ctx.stop.cancelled() => {
-                let _ = stream.write_all(&[0xE0, 0]).await;
-                return Ok(());
-            }
-        }
-    }
-}
-
 fn table(args: &StormArgs, results: &[StormResult]) -> Table {
     let mut t = Table::new(
         &format!(
-            "Reconnect storm ({} clients): start within {}, backfill {}, then live (feed interval {})",
-            match args.client {
-                StormClient::Lean => "lean pricesub-equivalent",
-                StormClient::Pricesub => "pricesub SDK",
-            },
+            "Reconnect storm (pricesub SDK clients): start within {}, backfill {}, then live (feed interval {})",
             humantime::format_duration(args.within),
             humantime::format_duration(args.backfill),
             args.feed_interval

@@ -1,6 +1,7 @@
-//! A real feed for pricesub's tests: the publisher in-process on the demo source at a fast interval
-//! (the ticks' values do not matter here, only their identity and order), a real SQLite file, the
-//! history API on a free port, and a broker (embedded, or Mosquitto for restarts).
+//! A real feed for the pricesub SDK tests (`pricesub_handoff.rs`, `pricesub_invariant.rs`): the
+//! publisher in-process on the demo source at a fast interval (the ticks' values do not matter
+//! here, only their identity and order), a real SQLite file, the history API on a free port, and a
+//! broker (embedded, or Mosquitto for restarts).
 
 // Each test file uses a different part of this module.
 #![allow(dead_code)]
@@ -9,11 +10,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use history_store::HistoryStore;
 use price_sources::{SourceConfig, SourceKind};
 use pricesub::{FeedEvent, SubscriberConfig};
 use publisher::clock::WallClock;
 use publisher::{BrokerMode, Config, Feed};
-use ticks::{Currency, Gap, HistoryStore, Interval, Tick, Timedate};
+use ticks::{BrokerUrl, Currency, Gap, Interval, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
 
 pub const INTERVAL_MS: u64 = 100;
@@ -111,7 +113,11 @@ impl TestFeed {
     ) -> BTreeMap<Currency, Vec<Tick>> {
         let mut out = BTreeMap::new();
         for (&c, &last) in until {
-            let ticks = self.store.ticks_since(c, from, 1_000_000).await.unwrap();
+            let ticks = self
+                .store
+                .read(move |s| s.ticks_since(c, from, 1_000_000))
+                .await
+                .unwrap();
             out.insert(
                 c,
                 ticks.into_iter().filter(|t| t.timedate <= last).collect(),
@@ -122,14 +128,13 @@ impl TestFeed {
 }
 
 pub fn subscriber(mqtt: SocketAddr, http: SocketAddr, since: Option<Timedate>) -> SubscriberConfig {
-    SubscriberConfig {
-        brokers: vec![(mqtt.ip().to_string(), mqtt.port())],
-        history: vec![format!("http://{http}")],
-        currencies: Currency::ALL.to_vec(),
-        since,
-        history_timeout: Duration::from_secs(5),
-        client_id: "pricesub-test".into(),
-    }
+    let mut config =
+        SubscriberConfig::new(vec![BrokerUrl::new(mqtt.ip().to_string(), mqtt.port())]);
+    config.history = vec![format!("http://{http}")];
+    config.since = since;
+    config.history_timeout = Duration::from_secs(5);
+    config.client_id = "pricesub-test".into();
+    config
 }
 
 /// What a subscriber delivered: ticks per currency in delivery order, and gaps.

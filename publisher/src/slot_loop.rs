@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use history_api::Metrics;
+use history_store::HistoryStore;
 use price_sources::{Sample, SourceChain};
 use serde::Serialize;
-use ticks::{Currency, Gap, GapReason, HistoryStore, Interval, STATUS_TOPIC, Tick, Timedate};
+use ticks::{Currency, Gap, GapReason, Interval, STATUS_TOPIC, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::WallClock;
@@ -41,12 +42,24 @@ impl TickSink for MqttLink {
     }
 }
 
+/// Whether a display should trust the last price, as `pricefeed/status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedState {
+    /// Every currency got a tick in the last slot.
+    Live,
+    /// Some currencies did not.
+    Degraded,
+    /// None did.
+    Down,
+    /// The publisher stopped or vanished (also its MQTT will).
+    Offline,
+}
+
 /// The feed's state as announced, retained, on `pricefeed/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeedStatus {
-    /// `live`: every currency got a tick in the last slot; `degraded`: some did not; `down`: none
-    /// did; `offline`: the publisher stopped (also its MQTT will).
-    pub state: &'static str,
+    pub state: FeedState,
     /// The slot this status describes.
     pub slot: Option<Timedate>,
     /// Per currency, the slot the current run of missing ticks started at, if any.
@@ -59,7 +72,7 @@ pub struct FeedStatus {
 impl FeedStatus {
     pub fn offline(interval: Interval, demo: bool) -> FeedStatus {
         FeedStatus {
-            state: "offline",
+            state: FeedState::Offline,
             slot: None,
             missing_since: BTreeMap::new(),
             interval: interval.to_string(),
@@ -124,7 +137,7 @@ impl<S: Sampler> SlotLoop<S> {
         let mut slot = self.interval.slot_at_or_after(self.clock.now());
         self.record_downtime(slot).await;
         let mut status = FeedStatus {
-            state: "live",
+            state: FeedState::Live,
             slot: None,
             missing_since: BTreeMap::new(),
             interval: self.interval.to_string(),
@@ -217,9 +230,9 @@ impl<S: Sampler> SlotLoop<S> {
         }
         status.slot = Some(slot);
         status.state = match got {
-            0 => "down",
-            n if n == self.currencies.len() => "live",
-            _ => "degraded",
+            0 => FeedState::Down,
+            n if n == self.currencies.len() => FeedState::Live,
+            _ => FeedState::Degraded,
         };
     }
 

@@ -9,7 +9,7 @@
 //! with the real feed's ticks, which `pricefeed --source demo` keeps publishing meanwhile.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,23 +20,14 @@ use ticks::{Currency, Price, Tick, Timedate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::mqtt;
-use crate::report::{self, Table, fmt_f};
-use crate::servers::{self, Bins, Server};
-use crate::sys::{self, CpuMeter, Sampler};
+use crate::harness::lean_mqtt as mqtt;
+use crate::harness::meters::{self, CpuMeter, Sampler};
+use crate::harness::report::{self, Table, fmt_f};
+use crate::harness::servers::{self, BrokerKind, Server};
 
 /// 2001-01-01T00:00:00Z: bench ticks are this plus their sequence number in seconds.
 const BENCH_EPOCH_S: i64 = 978_307_200;
 const BENCH_PREFIX: &[u8] = br#"{"timedate":"2001-01-01T"#;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokerKind {
-    /// `pricefeed` with its embedded rmqtt broker.
-    Pricefeed,
-    /// Debian's Mosquitto, `pricefeed --broker` publishing to it.
-    Mosquitto,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -220,9 +211,9 @@ pub struct FanoutResult {
 }
 
 pub async fn run(args: FanoutArgs) -> anyhow::Result<Vec<FanoutResult>> {
-    let bins = Bins(args.bin_dir.clone());
+    let bins = args.bin_dir.clone();
     let max = args.subscribers.iter().copied().max().unwrap_or(0);
-    let nofile = sys::ensure_nofile(max + 100)?;
+    let nofile = meters::ensure_nofile(max + 100)?;
     eprintln!("fanout: RLIMIT_NOFILE {nofile}");
     let mut results = Vec::new();
     for &n in &args.subscribers {
@@ -295,7 +286,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Vec<FanoutResult>> {
 }
 
 async fn run_one(
-    bins: &Bins,
+    bins: &Path,
     args: &FanoutArgs,
     broker: BrokerKind,
     n: usize,
@@ -316,7 +307,7 @@ async fn run_one(
     let publisher_pid = server.publisher_pid();
     let addr = server.feed.mqtt;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_baseline = sys::rss_kb(broker_pid).unwrap_or(0);
+    let rss_baseline = meters::rss_kb(broker_pid).unwrap_or(0);
 
     let shared = Arc::new(Shared {
         base: Instant::now(),
@@ -358,7 +349,7 @@ async fn run_one(
     let broker_connect_cpu = connect_cpu.percent();
     let harness_connect_cpu = harness_connect_cpu.percent();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_subscribed = sys::rss_kb(broker_pid).unwrap_or(0);
+    let rss_subscribed = meters::rss_kb(broker_pid).unwrap_or(0);
 
     // The timed publisher.
     let (pub_stream, _) = mqtt::connect(
@@ -394,8 +385,8 @@ async fn run_one(
     let broker_cpu = CpuMeter::start(vec![broker_pid]);
     let publisher_cpu = publisher_pid.map(|p| CpuMeter::start(vec![p]));
     let harness_cpu = CpuMeter::start_self();
-    let machine_cpu = sys::MachineMeter::start();
-    let others = sys::OthersMeter::start();
+    let machine_cpu = meters::MachineMeter::start();
+    let others = meters::OthersMeter::start();
     let sampler = Sampler::start(vec![broker_pid], Duration::from_millis(500));
     let feed_before = shared.feed_received.load(Ordering::Relaxed);
     let bench_before = shared.bench_received.load(Ordering::Relaxed);

@@ -1,0 +1,57 @@
+//! [`AnswerCache`]: recent answers, each valid while the store's version is unchanged.
+//!
+//! Clients that reconnect together ask the same question (everything since the same last tick),
+//! and a question about the past has the same answer until the next tick is stored; SQLite's
+//! `data_version` says when that happened, whichever process wrote it. Bounded: small answers
+//! only, few of them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use history_store::StoreVersion;
+use ticks::Currency;
+
+use crate::cursor::PageKey;
+use crate::query::TicksQuery;
+
+const CACHE_ENTRIES: usize = 64;
+const CACHE_MAX_BYTES: usize = 256 * 1024;
+
+type CacheKey = (PageKey, Vec<Currency>, usize);
+
+fn key(query: &TicksQuery) -> CacheKey {
+    (query.start, query.currencies.clone(), query.limit)
+}
+
+#[derive(Default)]
+pub(crate) struct AnswerCache {
+    entries: Mutex<HashMap<CacheKey, (StoreVersion, Bytes)>>,
+}
+
+impl AnswerCache {
+    /// The answer to `query` computed at `version`, if kept.
+    pub(crate) fn get(&self, query: &TicksQuery, version: StoreVersion) -> Option<Bytes> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(&key(query))
+            .filter(|(v, _)| *v == version)
+            .map(|(_, body)| body.clone())
+    }
+
+    /// Keeps the answer to `query` computed at `version`, unless it is large.
+    pub(crate) fn put(&self, query: &TicksQuery, version: StoreVersion, body: Bytes) {
+        if body.len() > CACHE_MAX_BYTES {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries of an older version are dead; drop them all when full rather than track age.
+        if entries.len() >= CACHE_ENTRIES {
+            entries.retain(|_, (v, _)| *v == version);
+            if entries.len() >= CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key(query), (version, body));
+    }
+}

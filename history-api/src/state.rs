@@ -1,0 +1,51 @@
+//! [`ApiState`]: what every handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use history_store::HistoryStore;
+
+use crate::answer::FeedFacts;
+use crate::cache::AnswerCache;
+use crate::metrics::Metrics;
+use crate::tail::Tail;
+
+/// What the handlers share: the store, the process's metrics, the broker flag, what answers say
+/// about the feed, and the two copies answers are served from before SQLite (the answer cache and
+/// the in-memory tail), which live exactly as long as the state.
+pub struct ApiState {
+    pub store: HistoryStore,
+    pub metrics: Arc<Metrics>,
+    /// None when no broker is involved (standalone history-api); Some(flag) set by the publisher.
+    pub broker_connected: Option<Arc<AtomicBool>>,
+    pub feed: FeedFacts,
+    pub(crate) cache: AnswerCache,
+    pub(crate) tail: Arc<Tail>,
+}
+
+impl ApiState {
+    /// A state with its own metrics and no broker.
+    pub fn new(store: HistoryStore, feed: FeedFacts) -> ApiState {
+        ApiState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            broker_connected: None,
+            feed,
+            cache: AnswerCache::default(),
+            tail: Arc::default(),
+        }
+    }
+
+    /// Counts into `metrics` (the publisher's, so one scrape shows the whole process).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> ApiState {
+        ApiState { metrics, ..self }
+    }
+
+    /// Readiness follows this flag: set while the publisher is connected to its broker.
+    pub fn with_broker(self, connected: Arc<AtomicBool>) -> ApiState {
+        ApiState {
+            broker_connected: Some(connected),
+            ..self
+        }
+    }
+}

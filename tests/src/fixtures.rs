@@ -1,0 +1,145 @@
+//! [`FixtureServer`]: a local HTTP server (127.0.0.1, free port) serving the recorded price-API
+//! bodies in `tests/fixtures/sources/`, switchable to failing modes. No test reaches the internet.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// The recorded source bodies.
+pub fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/sources")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// How the fake source answers.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// 200 with the body registered for the path.
+    Serve,
+    /// This status with a JSON error body.
+    Status(u16),
+    /// 200 with an HTML page (a captive portal, a CDN error page).
+    Html,
+    /// Never answers.
+    Hang,
+}
+
+/// Requests seen by a fixture server: path and User-Agent.
+type Hits = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+#[derive(Clone)]
+struct FixtureState {
+    bodies: Arc<HashMap<String, String>>,
+    mode: Arc<Mutex<Mode>>,
+    hits: Hits,
+}
+
+/// A local stand-in for a public price API.
+pub struct FixtureServer {
+    addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    hits: Hits,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FixtureServer {
+    /// Serves `body` at each path (query strings are ignored).
+    pub async fn start(routes: &[(&str, String)]) -> FixtureServer {
+        let state = FixtureState {
+            bodies: Arc::new(
+                routes
+                    .iter()
+                    .map(|(p, b)| (p.to_string(), b.clone()))
+                    .collect(),
+            ),
+            mode: Arc::new(Mutex::new(Mode::Serve)),
+            hits: Arc::new(Mutex::new(Vec::new())),
+        };
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FixtureServer {
+            addr,
+            mode: state.mode,
+            hits: state.hits,
+            task,
+        }
+    }
+
+    /// Kraken's ticker for USD and EUR (`tests/fixtures/sources/kraken.json`).
+    pub async fn kraken() -> FixtureServer {
+        FixtureServer::start(&[("/0/public/Ticker", fixture("kraken.json"))]).await
+    }
+
+    /// The CoinDesk BPI v1 format of the original brief.
+    pub async fn coindesk() -> FixtureServer {
+        FixtureServer::start(&[("/v1/bpi/currentprice.json", fixture("coindesk.json"))]).await
+    }
+
+    /// The base URL to configure the source with.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Requests seen so far: path and User-Agent.
+    pub fn hits(&self) -> Vec<(String, Option<String>)> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FixtureServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(State(state): State<FixtureState>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let agent = request
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    state.hits.lock().unwrap().push((path.clone(), agent));
+    let mode = state.mode.lock().unwrap().clone();
+    match mode {
+        Mode::Serve => match state.bodies.get(&path) {
+            Some(body) => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body.clone(),
+            )
+                .into_response(),
+            None => (StatusCode::NOT_FOUND, "{\"error\":\"not found\"}").into_response(),
+        },
+        Mode::Status(code) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "{\"error\":\"fixture failure\"}",
+        )
+            .into_response(),
+        Mode::Html => (
+            [(axum::http::header::CONTENT_TYPE, "text/html")],
+            "<!DOCTYPE html><html><body>Service Unavailable</body></html>",
+        )
+            .into_response(),
+        Mode::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    }
+}
