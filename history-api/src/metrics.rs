@@ -88,7 +88,8 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// `pricefeed_slots_missed_total{currency}`.
+    /// `pricefeed_slots_missed_total{currency}`: a slot with no valid price, or whose tick could
+    /// not be stored (and so was not published).
     pub fn slot_missed(&self, currency: Currency) {
         self.slots_missed[index(currency)].fetch_add(1, Ordering::Relaxed);
     }
@@ -136,7 +137,7 @@ impl Metrics {
             &mut out,
             "pricefeed_slots_missed_total",
             "counter",
-            "Slots that got no tick because no source answered, by currency.",
+            "Slots that got no tick, by currency: no source gave a valid price, or the tick could not be stored.",
         );
         for (c, n) in Currency::ALL.iter().zip(&self.slots_missed) {
             let n = n.load(Ordering::Relaxed);
@@ -259,6 +260,7 @@ mod tests {
             "# TYPE pricefeed_ticks_published_total counter",
             "pricefeed_ticks_published_total{currency=\"USD\"} 2",
             "pricefeed_ticks_published_total{currency=\"EUR\"} 1",
+            "# HELP pricefeed_slots_missed_total Slots that got no tick, by currency: no source gave a valid price, or the tick could not be stored.",
             "pricefeed_slots_missed_total{currency=\"USD\"} 0",
             "pricefeed_slots_missed_total{currency=\"EUR\"} 1",
             "pricefeed_source_errors_total{source=\"kraken\",kind=\"timeout\"} 2",
