@@ -22,4 +22,7 @@ if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
     python3 -m pip install -q 'paho-mqtt==2.1.0'
 fi
 
-exec cargo test --workspace --locked "$@"
+# The end-to-end tests run the binaries of other packages than their own, which `cargo test` alone
+# does not build.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::try_join_all;
 use serde::Serialize;
 use serde_json::json;
-use ticks::{Currency, Timedate};
+use ticks::{Currency, NodeRole, Timedate};
 
 use crate::answer::ByCurrency;
 use crate::error::chain;
@@ -62,6 +62,21 @@ struct Readiness<'a> {
     broker: &'static str,
     newest_tick_age_seconds: ByCurrency<'a, Option<f64>>,
     demo: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<NodeReport>,
+}
+
+#[derive(Serialize)]
+struct NodeReport {
+    id: u64,
+    role: NodeRole,
+}
+
+fn node_report(state: &ApiState) -> Option<NodeReport> {
+    state.node.as_ref().map(|(id, role)| NodeReport {
+        id: *id,
+        role: *role.borrow(),
+    })
 }
 
 pub(crate) async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
@@ -76,7 +91,11 @@ pub(crate) async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
         Ok(ages) => ("ok", ages.as_slice()),
         Err(e) => (e.as_str(), no_ages.as_slice()),
     };
-    let ready = ages.is_ok() && broker != "disconnected";
+    let node = node_report(&state);
+    let serving = node
+        .as_ref()
+        .is_none_or(|n| matches!(n.role, NodeRole::Standby | NodeRole::Active));
+    let ready = ages.is_ok() && broker != "disconnected" && serving;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -88,6 +107,7 @@ pub(crate) async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
         broker,
         newest_tick_age_seconds: ByCurrency(age_list),
         demo: state.feed.demo,
+        node,
     };
     (status, Json(body)).into_response()
 }
@@ -113,6 +133,23 @@ pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             let _ = writeln!(
                 text,
                 "pricefeed_newest_tick_age_seconds{{currency=\"{currency}\"}} {age}"
+            );
+        }
+    }
+    if let Some(node) = node_report(&state) {
+        header(
+            &mut text,
+            "pricefeed_node_role",
+            "gauge",
+            "1 for the role this cluster node has now (catching_up, standby, active), 0 for the others.",
+        );
+        for role in [NodeRole::CatchingUp, NodeRole::Standby, NodeRole::Active] {
+            let _ = writeln!(
+                text,
+                "pricefeed_node_role{{node=\"{}\",role=\"{}\"}} {}",
+                node.id,
+                role.as_str(),
+                u8::from(node.role == role)
             );
         }
     }

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use history_store::HistoryStore;
+use ticks::NodeRole;
+use tokio::sync::watch;
 
 use crate::answer::FeedFacts;
 use crate::cache::AnswerCache;
@@ -19,6 +21,8 @@ pub struct ApiState {
     /// None when no broker is involved (standalone history-api); Some(flag) set by the publisher.
     pub broker_connected: Option<Arc<AtomicBool>>,
     pub feed: FeedFacts,
+    /// On a node of a cluster: its id and current role.
+    pub node: Option<(u64, watch::Receiver<NodeRole>)>,
     pub(crate) cache: AnswerCache,
     pub(crate) tail: Arc<Tail>,
 }
@@ -31,6 +35,7 @@ impl ApiState {
             metrics: Arc::new(Metrics::new()),
             broker_connected: None,
             feed,
+            node: None,
             cache: AnswerCache::default(),
             tail: Arc::default(),
         }
@@ -39,6 +44,15 @@ impl ApiState {
     /// Counts into `metrics` (the publisher's, so one scrape shows the whole process).
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> ApiState {
         ApiState { metrics, ..self }
+    }
+
+    /// A node of a cluster: readiness and metrics report its role, and it is not ready while it
+    /// is still catching up.
+    pub fn with_node(self, id: u64, role: watch::Receiver<NodeRole>) -> ApiState {
+        ApiState {
+            node: Some((id, role)),
+            ..self
+        }
     }
 
     /// Readiness follows this flag: set while the publisher is connected to its broker.

@@ -146,12 +146,12 @@ impl HistoryStore {
         .await
     }
 
-    /// Fills a stretch of history from another node, in one transaction: the stretch's ticks are
-    /// inserted (a tick already stored is kept), this store's own gaps inside `[from, until)` are cut
-    /// away (the parts of a gap reaching outside stay), and the stretch's gaps, clipped to it, are
-    /// recorded instead. Afterwards the store answers for `[from, until)` what the other node
-    /// answers. Returns how many ticks were new. A tick outside the stretch, or a tick or gap of
-    /// another currency, is refused ([`StoreError::Invalid`]) and nothing is written.
+    /// Makes a stretch of history what another node holds there, in one transaction: inside
+    /// `[from, until)` this store's ticks and gaps are replaced by the stretch's (the parts of a
+    /// gap reaching outside the stretch stay), so that afterwards both stores answer the same for
+    /// it. Returns how many of the stretch's ticks this store did not already hold. A tick outside
+    /// the stretch, or a tick or gap of another currency, is refused ([`StoreError::Invalid`]) and
+    /// nothing is written.
     pub async fn fill(&self, stretch: Stretch) -> Result<usize, StoreError> {
         self.blocking(move |s| s.connections.write(|tx| write::fill(tx, stretch)))
             .await

@@ -3,7 +3,8 @@
 use ticks::{Currency, Gap, Tick, Timedate};
 
 /// A stretch `[from, until)` of one currency's history as another node holds it: every tick and
-/// every gap it has there. See [`HistoryStore::fill`].
+/// every gap it has there, which [`HistoryStore::fill`](crate::HistoryStore::fill) writes over
+/// what this store holds for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stretch {
     pub currency: Currency,

@@ -234,7 +234,7 @@ async fn gaps_of_one_reason_that_touch_become_one() {
 /// it missed is replaced by a peer's ticks and gaps for that stretch, and what lies outside the
 /// stretch is untouched.
 #[tokio::test]
-async fn a_stretch_from_a_peer_fills_the_gap_and_shrinks_it() {
+async fn a_stretch_from_a_peer_replaces_ours_and_shrinks_our_gap() {
     let ours = HistoryStore::open_in_memory().unwrap();
     let peer = HistoryStore::open_in_memory().unwrap();
     let usd = |t: &str, p: &str| tick(Currency::USD, t, p);
@@ -244,13 +244,18 @@ async fn a_stretch_from_a_peer_fills_the_gap_and_shrinks_it() {
         until: at(until),
         reason,
     };
-    // Both saw 00:00; we were down from 00:05 to 00:40 and recorded that at start-up.
+    // Both saw 00:00; we were down from 00:05 to 00:40 and recorded that at start-up. We also
+    // hold a tick for 00:20 that we stored but never published before we died: the peer's
+    // history, which the feed published, wins.
     for store in [&ours, &peer] {
         store
             .insert_tick(usd("2026-11-24T00:00:00Z", "1"))
             .await
             .unwrap();
     }
+    ours.insert_tick(usd("2026-11-24T00:00:20Z", "99"))
+        .await
+        .unwrap();
     ours.record_gap(gap(
         "2026-11-24T00:00:05Z",
         "2026-11-24T00:00:40Z",
@@ -294,6 +299,14 @@ async fn a_stretch_from_a_peer_fills_the_gap_and_shrinks_it() {
                 GapReason::PublisherDown
             )
         ]
+    );
+    assert!(
+        ours.read(move |s| s.ticks_since(Currency::USD, t0, 100))
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.price.to_string() != "99"),
+        "the tick the feed never published is gone"
     );
     // Filling again changes nothing.
     assert_eq!(ours.fill(stretch).await.unwrap(), 0);

@@ -99,13 +99,23 @@ pub(crate) fn fill(tx: &Transaction<'_>, stretch: Stretch) -> Result<usize, Stor
         return Ok(0);
     }
     let (start, end) = (from.unix_millis(), until.unix_millis());
+    let currency_code = currency.numeric();
+    // What we held in the stretch, to tell the caller how much was news to us.
+    let held: std::collections::HashSet<(i64, String)> = tx
+        .prepare_cached("SELECT ts, price FROM ticks WHERE currency = ?1 AND ts >= ?2 AND ts < ?3")?
+        .query_map(params![currency_code, start, end], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    tx.prepare_cached("DELETE FROM ticks WHERE currency = ?1 AND ts >= ?2 AND ts < ?3")?
+        .execute(params![currency_code, start, end])?;
     // Cut our own gaps out of the stretch; what reaches outside it stays.
     let ours: Vec<(i64, i64, String)> = tx
         .prepare_cached(
             "SELECT start_ts, end_ts, reason FROM gaps
              WHERE currency = ?1 AND end_ts > ?2 AND start_ts < ?3",
         )?
-        .query_map(params![currency.numeric(), start, end], |r| {
+        .query_map(params![currency_code, start, end], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?
         .collect::<Result<_, _>>()?;
@@ -114,15 +124,19 @@ pub(crate) fn fill(tx: &Transaction<'_>, stretch: Stretch) -> Result<usize, Stor
         "INSERT INTO gaps (currency, start_ts, end_ts, reason) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for (gap_start, gap_end, reason) in ours {
-        delete.execute(params![currency.numeric(), gap_start])?;
+        delete.execute(params![currency_code, gap_start])?;
         if gap_start < start {
-            insert.execute(params![currency.numeric(), gap_start, start, reason])?;
+            insert.execute(params![currency_code, gap_start, start, reason])?;
         }
         if gap_end > end {
-            insert.execute(params![currency.numeric(), end, gap_end, reason])?;
+            insert.execute(params![currency_code, end, gap_end, reason])?;
         }
     }
-    let new = insert_ticks(tx, ticks)?;
+    let new = ticks
+        .iter()
+        .filter(|t| !held.contains(&(t.timedate.unix_millis(), t.price.to_string())))
+        .count();
+    insert_ticks(tx, ticks)?;
     for gap in gaps {
         record_gap(
             tx,

@@ -42,6 +42,21 @@ pub struct Backfill {
     pub since_before_earliest: bool,
 }
 
+/// One page of an answer.
+#[derive(Debug, Default)]
+pub struct HistoryPage {
+    /// Per currency, oldest first.
+    pub ticks: BTreeMap<Currency, Vec<Tick>>,
+    pub gaps: Vec<Gap>,
+    pub interval: Option<Interval>,
+    /// The newest tick the server holds of the asked currencies.
+    pub latest: Option<Timedate>,
+    pub since_before_earliest: bool,
+    /// Set when the limit cut the page: where the next one starts.
+    pub next_cursor: Option<String>,
+}
+
+/// An answer as it is sent.
 #[derive(Deserialize)]
 struct Page {
     ticks: BTreeMap<Currency, Vec<WireTick>>,
@@ -52,7 +67,42 @@ struct Page {
     #[serde(default)]
     interval: Option<String>,
     #[serde(default)]
+    latest: Option<Timedate>,
+    #[serde(default)]
     since_before_earliest: bool,
+}
+
+impl From<Page> for HistoryPage {
+    fn from(page: Page) -> HistoryPage {
+        HistoryPage {
+            ticks: page
+                .ticks
+                .into_iter()
+                .map(|(currency, ticks)| {
+                    let ticks = ticks
+                        .into_iter()
+                        .map(|w| Tick {
+                            currency,
+                            timedate: w.timedate,
+                            price: w.price,
+                        })
+                        .collect();
+                    (currency, ticks)
+                })
+                .collect(),
+            gaps: page.gaps,
+            interval: page.interval.and_then(|i| i.parse().ok()),
+            latest: page.latest,
+            since_before_earliest: page.since_before_earliest,
+            next_cursor: page.next_cursor,
+        }
+    }
+}
+
+/// Where a page starts.
+enum Start<'a> {
+    Since(Timedate),
+    Cursor(&'a str),
 }
 
 #[derive(Deserialize)]
@@ -108,14 +158,28 @@ impl HistoryClient {
         })
     }
 
-    /// Every tick of `currencies` with `timedate >= since`, and the gaps in that range.
+    /// Every tick of `currencies` with `timedate >= since`, and the gaps in that range, from the
+    /// first server that answers.
     pub async fn fetch(
         &self,
         currencies: &[Currency],
         since: Timedate,
     ) -> Result<Backfill, HistoryError> {
+        self.fetch_starting_at(0, currencies, since).await
+    }
+
+    /// [`HistoryClient::fetch`] asking the servers in turn from number `first` (modulo their
+    /// count): asking again with the next number asks another replica first.
+    pub async fn fetch_starting_at(
+        &self,
+        first: usize,
+        currencies: &[Currency],
+        since: Timedate,
+    ) -> Result<Backfill, HistoryError> {
         let mut last_err = None;
-        for base in &self.bases {
+        let n = self.bases.len();
+        for i in 0..n {
+            let base = &self.bases[(first + i) % n];
             match self.fetch_from(base, currencies, since).await {
                 Ok(b) => return Ok(b),
                 // A refusal is about our request, not the server: another replica will agree.
@@ -129,68 +193,43 @@ impl HistoryClient {
         Err(last_err.unwrap_or_else(|| HistoryError::Unavailable("no --history URL".into())))
     }
 
+    /// One page of at most `limit` ticks from `since`, from the first server that answers.
+    pub async fn page(
+        &self,
+        currencies: &[Currency],
+        since: Timedate,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
+        let mut last_err = None;
+        for base in &self.bases {
+            match self
+                .get_page(base, currencies, Start::Since(since), limit)
+                .await
+            {
+                Ok(page) => return Ok(page.into()),
+                Err(e @ HistoryError::Refused { .. }) => return Err(e),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| HistoryError::Unavailable("no --history URL".into())))
+    }
+
     async fn fetch_from(
         &self,
         base: &str,
         currencies: &[Currency],
         since: Timedate,
     ) -> Result<Backfill, HistoryError> {
-        let url = format!("{base}/v1/ticks");
-        let currency = currencies
-            .iter()
-            .map(|c| c.code())
-            .collect::<Vec<_>>()
-            .join(",");
-        let limit = PAGE.to_string();
-        let since = since.to_string();
         let mut out = Backfill::default();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            let mut query: Vec<(&str, &str)> = vec![("currency", &currency), ("limit", &limit)];
-            match &cursor {
-                Some(c) => query.push(("cursor", c)),
-                None => query.push(("since", &since)),
-            }
-            let response = self
-                .http
-                .get(&url)
-                .timeout(self.timeout)
-                .query(&query)
-                .send()
-                .await
-                .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
-            let status = response.status();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
-            if status.is_client_error() {
-                let message = serde_json::from_slice::<ErrorBody>(&body)
-                    .map(|b| b.message)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
-                return Err(HistoryError::Refused {
-                    url,
-                    status: status.as_u16(),
-                    message,
-                });
-            }
-            if !status.is_success() {
-                return Err(HistoryError::Unavailable(format!("{url}: HTTP {status}")));
-            }
-            let page: Page =
-                serde_json::from_slice(&body).map_err(|e| HistoryError::BadAnswer {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
+            let start = match &cursor {
+                Some(c) => Start::Cursor(c),
+                None => Start::Since(since),
+            };
+            let page: HistoryPage = self.get_page(base, currencies, start, PAGE).await?.into();
             for (currency, ticks) in page.ticks {
-                out.ticks
-                    .entry(currency)
-                    .or_default()
-                    .extend(ticks.into_iter().map(|w| Tick {
-                        currency,
-                        timedate: w.timedate,
-                        price: w.price,
-                    }));
+                out.ticks.entry(currency).or_default().extend(ticks);
             }
             for gap in page.gaps {
                 if !out.gaps.contains(&gap) {
@@ -198,7 +237,7 @@ impl HistoryClient {
                 }
             }
             if out.interval.is_none() {
-                out.interval = page.interval.and_then(|i| i.parse().ok());
+                out.interval = page.interval;
             }
             out.since_before_earliest |= page.since_before_earliest;
             match page.next_cursor {
@@ -207,5 +246,60 @@ impl HistoryClient {
             }
         }
         Err(HistoryError::TooLong)
+    }
+
+    async fn get_page(
+        &self,
+        base: &str,
+        currencies: &[Currency],
+        start: Start<'_>,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        let url = format!("{base}/v1/ticks");
+        let currency = currencies
+            .iter()
+            .map(|c| c.code())
+            .collect::<Vec<_>>()
+            .join(",");
+        let limit = limit.to_string();
+        let since;
+        let mut query: Vec<(&str, &str)> = vec![("currency", &currency), ("limit", &limit)];
+        match start {
+            Start::Cursor(c) => query.push(("cursor", c)),
+            Start::Since(t) => {
+                since = t.to_string();
+                query.push(("since", &since));
+            }
+        }
+        let response = self
+            .http
+            .get(&url)
+            .timeout(self.timeout)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
+        if status.is_client_error() {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+            return Err(HistoryError::Refused {
+                url,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        if !status.is_success() {
+            return Err(HistoryError::Unavailable(format!("{url}: HTTP {status}")));
+        }
+        serde_json::from_slice(&body).map_err(|e| HistoryError::BadAnswer {
+            url,
+            reason: e.to_string(),
+        })
     }
 }

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
     let mut subscription = subscribe(config)?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
+    let mut gaps_printed = std::collections::HashSet::new();
     if cli.count == Some(0) {
         return Ok(());
     }
@@ -83,15 +84,19 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
         match event {
             None => return Ok(()),
             Some(Err(e)) => return Err(e.into()),
+            // A gap still growing is reported again; the line is printed when it is first heard of.
             Some(Ok(FeedEvent::Gap(gap))) => {
-                eprintln!(
-                    "pricesub: gap on {}: no ticks from {} until {} ({})",
-                    gap.currency.topic(),
-                    gap.from,
-                    gap.until,
-                    gap.reason
-                );
+                if gaps_printed.insert((gap.currency, gap.from)) {
+                    eprintln!(
+                        "pricesub: gap on {}: no ticks from {} until {} ({})",
+                        gap.currency.topic(),
+                        gap.from,
+                        gap.until,
+                        gap.reason
+                    );
+                }
             }
+            Some(Ok(FeedEvent::Live)) => {}
             Some(Ok(FeedEvent::Tick(tick))) => {
                 match writeln!(stdout, "{}", tick.line()).and_then(|()| stdout.flush()) {
                     Ok(()) => {}

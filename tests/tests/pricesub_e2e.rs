@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use testkit::{FeedProcess, Process, free_port, run_command};
 use ticks::{Currency, Tick, Timedate};
+use tokio::io::AsyncBufReadExt;
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -277,7 +278,6 @@ async fn curl_on_garbage_since_is_a_400_that_says_why() {
 /// status 0 and every line it printed whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_pricesub_cleanly() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let feed = FeedProcess::start(
         &dir.path().join("feed.db"),

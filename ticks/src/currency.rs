@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize};
 /// subscribers only ever see ticks.
 pub const STATUS_TOPIC: &str = "pricefeed/status";
 
+/// Every gap the publisher records, as it records it (not retained): a subscriber learns that a
+/// slot will have no tick without waiting for the next tick, and every node of a cluster records
+/// the gaps of the node that publishes.
+pub const GAPS_TOPIC: &str = "pricefeed/gaps";
+
+/// Each node of a cluster says, retained, on `pricefeed/nodes/<id>` whether it is the active
+/// publisher, a standby, catching up, or offline (its MQTT will).
+pub const NODES_TOPIC_PREFIX: &str = "pricefeed/nodes/";
+
+/// The topic filter of every node's liveness.
+pub const NODES_FILTER: &str = "pricefeed/nodes/+";
+
 /// A fiat currency BTC is quoted in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Currency {

@@ -59,13 +59,49 @@ impl FromStr for GapReason {
     }
 }
 
-/// Slots `[from, until)` of one currency that have no tick.
+/// Slots `[from, until)` of one currency that have no tick. Its JSON, in history answers and on
+/// [`GAPS_TOPIC`](crate::currency::GAPS_TOPIC), is
+/// `{"currency":"USD","from":"…","until":"…","reason":"sources_unavailable"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Gap {
     pub currency: Currency,
     pub from: Timedate,
     pub until: Timedate,
     pub reason: GapReason,
+}
+
+/// Why a message is not a gap.
+#[derive(Debug, thiserror::Error)]
+pub enum BadGap {
+    #[error("payload is not a gap object: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error("the gap ends ({until}) before it starts ({from})")]
+    Empty { from: Timedate, until: Timedate },
+}
+
+impl Gap {
+    /// Its JSON, as published on [`GAPS_TOPIC`](crate::currency::GAPS_TOPIC).
+    pub fn payload(&self) -> String {
+        serde_json::to_string(self).expect("a gap serializes")
+    }
+
+    /// Reads a gap from its JSON.
+    pub fn from_payload(payload: &[u8]) -> Result<Gap, BadGap> {
+        let gap: Gap = serde_json::from_slice(payload)?;
+        if gap.until <= gap.from {
+            return Err(BadGap::Empty {
+                from: gap.from,
+                until: gap.until,
+            });
+        }
+        Ok(gap)
+    }
+
+    /// Whether the gap covers the slot starting at `t`.
+    pub fn covers(&self, t: Timedate) -> bool {
+        self.from <= t && t < self.until
+    }
 }
 
 #[cfg(test)]
@@ -82,5 +118,31 @@ mod tests {
             );
         }
         assert!("down".parse::<GapReason>().is_err());
+    }
+
+    #[test]
+    fn a_gap_round_trips_through_its_payload_and_nonsense_does_not() {
+        let gap = Gap {
+            currency: Currency::EUR,
+            from: "2026-11-24T01:40:05Z".parse().unwrap(),
+            until: "2026-11-24T01:40:15Z".parse().unwrap(),
+            reason: GapReason::PublisherDown,
+        };
+        assert_eq!(
+            gap.payload(),
+            r#"{"currency":"EUR","from":"2026-11-24T01:40:05Z","until":"2026-11-24T01:40:15Z","reason":"publisher_down"}"#
+        );
+        assert_eq!(Gap::from_payload(gap.payload().as_bytes()).unwrap(), gap);
+        assert!(gap.covers(gap.from) && !gap.covers(gap.until));
+        for bad in [
+            &br#"{"currency":"EUR","from":"2026-11-24T01:40:15Z","until":"2026-11-24T01:40:05Z","reason":"publisher_down"}"#[..],
+            br#"{"currency":"GBP","from":"2026-11-24T01:40:05Z","until":"2026-11-24T01:40:15Z","reason":"publisher_down"}"#,
+            br#"{"currency":"EUR","from":"2026-11-24T01:40:05Z","until":"2026-11-24T01:40:15Z","reason":"bored"}"#,
+            br#"{"currency":"EUR","from":"2026-11-24T01:40:05Z","until":"2026-11-24T01:40:15Z","reason":"publisher_down","x":1}"#,
+            b"[]",
+            b"",
+        ] {
+            assert!(Gap::from_payload(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -14,17 +14,20 @@
 //! - [`wire`]: the tick and its JSON payload, `{"timedate":…,"price":…}`.
 //! - [`gap`]: [`Gap`], a span of slots with no tick, and its [`GapReason`].
 //! - [`broker`]: [`BrokerUrl`], where an MQTT broker listens.
+//! - [`node`]: a cluster node's [`NodeRole`], as it announces it.
 
 pub mod broker;
 pub mod currency;
 pub mod gap;
+pub mod node;
 pub mod price;
 pub mod time;
 pub mod wire;
 
 pub use broker::{BadBrokerUrl, BrokerUrl};
-pub use currency::{Currency, STATUS_TOPIC};
-pub use gap::{Gap, GapReason};
+pub use currency::{Currency, GAPS_TOPIC, NODES_FILTER, NODES_TOPIC_PREFIX, STATUS_TOPIC};
+pub use gap::{BadGap, Gap, GapReason};
+pub use node::{NodeRole, NodeState};
 pub use price::{Price, PriceError};
 pub use time::{Interval, Timedate, TimedateError};
 pub use wire::{Tick, WireError};

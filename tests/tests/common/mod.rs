@@ -149,6 +149,7 @@ impl Delivered {
         match event {
             FeedEvent::Tick(t) => self.ticks.entry(t.currency).or_default().push(t),
             FeedEvent::Gap(g) => self.gaps.push(g),
+            FeedEvent::Live => {}
         }
     }
 

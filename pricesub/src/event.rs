@@ -1,0 +1,37 @@
+//! What a subscription delivers ([`FeedEvent`]) and what ends it ([`SubscribeError`]).
+
+use ticks::{Gap, Tick};
+
+use crate::history::HistoryError;
+
+/// What the stream delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// The next tick of its currency.
+    Tick(Tick),
+    /// The server recorded no ticks for this span (source outage, publisher down). A gap still
+    /// growing is reported again, with the same start and a later end.
+    Gap(Gap),
+    /// Everything up to the moment of (re)connecting has been delivered; what follows is live.
+    /// Sent once per connection.
+    Live,
+}
+
+/// What ends a subscription.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("{0}")]
+    Config(String),
+    /// The message carries the history error's own (not as a `source`, so a chain printed with
+    /// its causes does not say it twice).
+    #[error("cannot backfill: {0}")]
+    History(HistoryError),
+    #[error("cannot subscribe at {broker}: {reason}")]
+    Broker { broker: String, reason: String },
+}
+
+impl From<HistoryError> for SubscribeError {
+    fn from(e: HistoryError) -> Self {
+        SubscribeError::History(e)
+    }
+}

@@ -1,0 +1,563 @@
+//! The subscription's state machine: connect, subscribe and buffer, backfill, drain, follow live,
+//! and start again on the next broker when the connection is lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+use ticks::{BrokerUrl, Currency, GAPS_TOPIC, Gap, Interval, STATUS_TOPIC, Tick, Timedate};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SubscriberConfig;
+use crate::event::{FeedEvent, SubscribeError};
+use crate::history::{Backfill, HistoryClient};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Live messages kept while a backfill runs; a backfill this slow is retried from scratch.
+const BUFFER_MAX: usize = 100_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection attempts to each broker before an unreachable broker at start-up is reported as an
+/// error.
+const FIRST_ATTEMPTS: u32 = 3;
+/// A history answer that does not yet hold what the broker already delivered (a replica whose
+/// recorder is behind its broker) is asked again this often, this many times, a different
+/// replica each time when there are several, before the answer is taken as it is.
+const LAG_RETRY: Duration = Duration::from_millis(250);
+const LAG_TRIES: usize = 20;
+
+/// A message from the broker that matters to a subscription.
+#[derive(Debug, Clone, Copy)]
+enum Live {
+    Tick(Tick),
+    Gap(Gap),
+}
+
+/// How a connection ended.
+enum SessionEnd {
+    Stopped,
+    /// The consumer dropped the stream.
+    Gone,
+    Lost(String),
+}
+
+pub(crate) struct Follower {
+    config: SubscriberConfig,
+    history: HistoryClient,
+    pub(crate) tx: mpsc::Sender<Result<FeedEvent, SubscribeError>>,
+    /// The last delivered timedate per currency.
+    last: BTreeMap<Currency, Timedate>,
+    /// Gaps already reported: the furthest end reported, by (currency, start).
+    reported: HashMap<(Currency, Timedate), Timedate>,
+    /// Per currency, the end of the latest gap reported: no tick is due before it.
+    covered_until: BTreeMap<Currency, Timedate>,
+    interval: Option<Interval>,
+    /// Where to backfill from for currencies with nothing delivered yet, after a reconnect.
+    resume_from: Option<Timedate>,
+    /// Whether any connection got as far as its SUBACK.
+    subscribed_once: bool,
+}
+
+impl Follower {
+    pub(crate) fn new(
+        config: SubscriberConfig,
+        history: HistoryClient,
+        tx: mpsc::Sender<Result<FeedEvent, SubscribeError>>,
+    ) -> Follower {
+        Follower {
+            resume_from: config.since,
+            config,
+            history,
+            tx,
+            last: BTreeMap::new(),
+            reported: HashMap::new(),
+            covered_until: BTreeMap::new(),
+            interval: None,
+            subscribed_once: false,
+        }
+    }
+
+    pub(crate) async fn run(&mut self, stop: CancellationToken) -> Result<(), SubscribeError> {
+        let mut backoff = BACKOFF_MIN;
+        let mut broker = 0;
+        let mut first = true;
+        let mut attempts = 0;
+        loop {
+            let url = self.config.brokers[broker % self.config.brokers.len()].clone();
+            let started = tokio::time::Instant::now();
+            attempts += 1;
+            match self.session(&url, first, &stop).await? {
+                SessionEnd::Stopped | SessionEnd::Gone => return Ok(()),
+                // Before the first subscription a broken broker address is the user's to fix; a
+                // few tries first, so a busy broker (thousands of clients arriving at once) is not
+                // mistaken for a wrong address.
+                SessionEnd::Lost(reason)
+                    if !self.subscribed_once
+                        && attempts >= FIRST_ATTEMPTS * self.config.brokers.len() as u32 =>
+                {
+                    return Err(SubscribeError::Broker {
+                        broker: url.to_string(),
+                        reason,
+                    });
+                }
+                SessionEnd::Lost(why) if self.subscribed_once => {
+                    tracing::warn!(broker = %url, reason = %why, "connection lost; reconnecting");
+                }
+                SessionEnd::Lost(why) => {
+                    tracing::debug!(broker = %url, reason = %why, "first connection failed; trying again");
+                }
+            }
+            first = !self.subscribed_once;
+            // A connection that lived a while earns a fresh backoff.
+            if started.elapsed() > BACKOFF_MAX * 3 {
+                backoff = BACKOFF_MIN;
+            }
+            let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            broker += 1;
+        }
+    }
+
+    /// One connection: subscribe, buffer, backfill, drain, follow.
+    async fn session(
+        &mut self,
+        broker: &BrokerUrl,
+        first: bool,
+        stop: &CancellationToken,
+    ) -> Result<SessionEnd, SubscribeError> {
+        let client_id = format!("{}-{:08x}", self.config.client_id, fastrand::u32(..));
+        let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+        opts.set_keep_alive(Duration::from_secs(10));
+        opts.set_clean_session(true);
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        let mut buffer: Vec<Live> = Vec::new();
+
+        // Connect and subscribe, buffering from the moment a publish can arrive. The gaps topic
+        // is asked for too (a broker whose ACL predates it refuses it, and then gaps are learnt
+        // from history as the next tick reveals them), and the status, whose retained copy says
+        // the interval at once: without it a hole before a live tick cannot be told from a gap
+        // until a first answer from history.
+        let topics: Vec<&str> = self
+            .config
+            .currencies
+            .iter()
+            .map(|c| c.topic())
+            .chain([GAPS_TOPIC, STATUS_TOPIC])
+            .collect();
+        for topic in &topics {
+            if client.try_subscribe(*topic, QoS::AtLeastOnce).is_err() {
+                return Ok(SessionEnd::Lost("subscribe queue full".into()));
+            }
+        }
+        let mut acks = 0;
+        let subscribed = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            while acks < topics.len() {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack)))
+                        if ack.code != ConnectReturnCode::Success =>
+                    {
+                        return Err(SessionEnd::Lost(format!("refused: {:?}", ack.code)));
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => acks += 1,
+                    Ok(Event::Incoming(Packet::Publish(p))) => self.buffer(&mut buffer, &p),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionEnd::Lost(e.to_string())),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(())) => {}
+            Ok(Err(end)) => return Ok(end),
+            Err(_) => return Ok(SessionEnd::Lost("no SUBACK within 10 s".into())),
+        }
+        self.subscribed_once = true;
+        let replay = if first && self.config.since.is_none() {
+            // Nothing to replay; remember where we started, so a later reconnect backfills from here.
+            self.resume_from = Some(Timedate::now());
+            None
+        } else {
+            self.backfill_start()
+        };
+
+        // Backfill while still polling, so live messages keep arriving into the buffer. An answer
+        // that does not reach the first buffered tick of a currency (a replica behind its broker)
+        // is asked again.
+        if let Some(from) = replay {
+            let wanted = self.config.currencies.clone();
+            let mut tries = 0;
+            let backfill = loop {
+                let history = self.history.clone();
+                let fetch = history.fetch_starting_at(tries, &wanted, from);
+                tokio::pin!(fetch);
+                let result = loop {
+                    tokio::select! {
+                        result = &mut fetch => break result,
+                        event = eventloop.poll() => match event {
+                            Ok(Event::Incoming(Packet::Publish(p))) => {
+                                self.buffer(&mut buffer, &p);
+                                if buffer.len() > BUFFER_MAX {
+                                    return Ok(SessionEnd::Lost("backfill too slow; live buffer full".into()));
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Ok(SessionEnd::Lost(e.to_string())),
+                        },
+                        _ = stop.cancelled() => return Ok(SessionEnd::Stopped),
+                    }
+                };
+                let needed = first_buffered_ticks(&buffer);
+                match result {
+                    Ok(b) if tries + 1 < LAG_TRIES && !covers(&b, from, &needed) => {
+                        tries += 1;
+                        tracing::debug!(tries, "history is behind the broker; asking again");
+                        let pause = tokio::time::sleep(LAG_RETRY);
+                        tokio::pin!(pause);
+                        loop {
+                            tokio::select! {
+                                _ = &mut pause => break,
+                                event = eventloop.poll() => match event {
+                                    Ok(Event::Incoming(Packet::Publish(p))) => self.buffer(&mut buffer, &p),
+                                    Ok(_) => {}
+                                    Err(e) => return Ok(SessionEnd::Lost(e.to_string())),
+                                },
+                                _ = stop.cancelled() => return Ok(SessionEnd::Stopped),
+                            }
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            match backfill {
+                Ok(b) => {
+                    if b.since_before_earliest && first {
+                        tracing::warn!(
+                            "the history server does not hold ticks that far back; replaying what it has"
+                        );
+                    }
+                    if !self.deliver_backfill(b).await {
+                        return Ok(SessionEnd::Gone);
+                    }
+                }
+                // At start-up a history problem is the user's to fix: say so and stop.
+                Err(e) if first => return Err(e.into()),
+                Err(e) => return Ok(SessionEnd::Lost(format!("backfill failed: {e}"))),
+            }
+        }
+
+        // Drain the buffer, then follow live.
+        buffer.sort_by_key(|m| match m {
+            Live::Tick(t) => (t.timedate, t.currency),
+            Live::Gap(g) => (g.from, g.currency),
+        });
+        for message in buffer {
+            if !self.deliver_live(message).await {
+                return Ok(SessionEnd::Gone);
+            }
+        }
+        if self.tx.send(Ok(FeedEvent::Live)).await.is_err() {
+            return Ok(SessionEnd::Gone);
+        }
+        loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(message) = self.parse(&p)
+                            && !self.deliver_live(message).await
+                        {
+                            return Ok(SessionEnd::Gone);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Ok(SessionEnd::Lost(e.to_string())),
+                },
+                _ = stop.cancelled() => {
+                    let _ = client.try_disconnect();
+                    return Ok(SessionEnd::Stopped);
+                }
+            }
+        }
+    }
+
+    /// A tick of a wanted currency, or a gap of one; anything else is logged and dropped. The
+    /// status only tells the interval.
+    fn parse(&mut self, p: &rumqttc::Publish) -> Option<Live> {
+        if p.topic == STATUS_TOPIC {
+            #[derive(serde::Deserialize)]
+            struct Status {
+                interval: String,
+            }
+            match serde_json::from_slice::<Status>(&p.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.interval.parse::<Interval>())
+            {
+                Ok(interval) => self.interval = Some(interval),
+                Err(error) => tracing::debug!(%error, "a status without an interval"),
+            }
+            return None;
+        }
+        let parsed = if p.topic == GAPS_TOPIC {
+            Gap::from_payload(&p.payload)
+                .map(Live::Gap)
+                .map_err(|e| e.to_string())
+        } else {
+            Tick::from_message(&p.topic, &p.payload)
+                .map(Live::Tick)
+                .map_err(|e| e.to_string())
+        };
+        match parsed {
+            Ok(Live::Gap(gap)) if !self.config.currencies.contains(&gap.currency) => None,
+            Ok(message) => Some(message),
+            Err(error) => {
+                tracing::warn!(topic = %p.topic, %error, "ignoring a message that is neither a tick nor a gap");
+                None
+            }
+        }
+    }
+
+    fn buffer(&mut self, buffer: &mut Vec<Live>, p: &rumqttc::Publish) {
+        if let Some(message) = self.parse(p) {
+            buffer.push(message);
+        }
+    }
+
+    /// The earliest time any wanted currency needs history from, or `None` if there is no need.
+    fn backfill_start(&self) -> Option<Timedate> {
+        self.config
+            .currencies
+            .iter()
+            .filter_map(|c| match self.last.get(c) {
+                Some(last) => Timedate::from_unix_millis(last.unix_millis() + 1),
+                None => self.resume_from,
+            })
+            .min()
+    }
+
+    /// Delivers a backfill: ticks newer than what was delivered, and gaps, in time order.
+    async fn deliver_backfill(&mut self, backfill: Backfill) -> bool {
+        if backfill.interval.is_some() {
+            self.interval = backfill.interval;
+        }
+        let mut events: Vec<(Timedate, u8, FeedEvent)> = Vec::new();
+        for gap in backfill.gaps {
+            if self.config.currencies.contains(&gap.currency) {
+                events.push((gap.from, 0, FeedEvent::Gap(gap)));
+            }
+        }
+        for (_, ticks) in backfill.ticks {
+            for tick in ticks {
+                events.push((tick.timedate, 1, FeedEvent::Tick(tick)));
+            }
+        }
+        events.sort_by_key(|(t, kind, e)| {
+            let currency = match e {
+                FeedEvent::Tick(t) => t.currency,
+                FeedEvent::Gap(g) => g.currency,
+                FeedEvent::Live => Currency::USD,
+            };
+            (*t, currency, *kind)
+        });
+        for (_, _, event) in events {
+            if !self.emit(event).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Delivers a live message: a gap at once; a tick unless already delivered, after fetching
+    /// from history the hole before it if it skips slots that no reported gap explains.
+    async fn deliver_live(&mut self, message: Live) -> bool {
+        let tick = match message {
+            Live::Gap(gap) => return self.emit(FeedEvent::Gap(gap)).await,
+            Live::Tick(tick) => tick,
+        };
+        let last = self.last.get(&tick.currency).copied();
+        if last.is_some_and(|last| tick.timedate <= last) {
+            return true;
+        }
+        if let (Some(last), Some(interval)) = (last, self.interval) {
+            let due = self
+                .covered_until
+                .get(&tick.currency)
+                .map_or(last.next(interval), |&c| c.max(last.next(interval)));
+            if tick.timedate > due {
+                // The broker skipped something (or the publisher could not publish it live):
+                // history has it, or knows why not.
+                let from = Timedate::from_unix_millis(last.unix_millis() + 1).unwrap_or(last);
+                let needed = BTreeMap::from([(tick.currency, tick.timedate)]);
+                let mut tries = 0;
+                let fetched = loop {
+                    match self
+                        .history
+                        .fetch_starting_at(tries, &[tick.currency], from)
+                        .await
+                    {
+                        Ok(b) if tries + 1 < LAG_TRIES && !covers(&b, from, &needed) => {
+                            tries += 1;
+                            tokio::time::sleep(LAG_RETRY).await;
+                        }
+                        other => break other,
+                    }
+                };
+                match fetched {
+                    Ok(mut b) => {
+                        for ticks in b.ticks.values_mut() {
+                            ticks.retain(|t| t.timedate < tick.timedate);
+                        }
+                        b.gaps.retain(|g| g.from < tick.timedate);
+                        if !self.deliver_backfill(b).await {
+                            return false;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot fetch the ticks missed before a live tick")
+                    }
+                }
+            }
+        }
+        self.emit(FeedEvent::Tick(tick)).await
+    }
+
+    /// Sends one event if it is news; false when the consumer is gone.
+    async fn emit(&mut self, event: FeedEvent) -> bool {
+        match &event {
+            FeedEvent::Tick(tick) => {
+                let already = self
+                    .last
+                    .get(&tick.currency)
+                    .is_some_and(|last| tick.timedate <= *last);
+                // Live and retained ticks older than the asked-for `since` are not part of the answer.
+                let too_early = self.config.since.is_some_and(|since| tick.timedate < since);
+                if already || too_early {
+                    return true;
+                }
+                self.last.insert(tick.currency, tick.timedate);
+            }
+            FeedEvent::Gap(gap) => {
+                // A gap still growing comes again with the same start and a later end.
+                let known = self
+                    .reported
+                    .entry((gap.currency, gap.from))
+                    .or_insert(gap.from);
+                if gap.until <= *known {
+                    return true;
+                }
+                *known = gap.until;
+                let covered = self.covered_until.entry(gap.currency).or_insert(gap.until);
+                *covered = (*covered).max(gap.until);
+            }
+            FeedEvent::Live => {}
+        }
+        self.tx.send(Ok(event)).await.is_ok()
+    }
+}
+
+/// The first buffered tick of each currency: what a backfill must reach.
+fn first_buffered_ticks(buffer: &[Live]) -> BTreeMap<Currency, Timedate> {
+    let mut first = BTreeMap::new();
+    for message in buffer {
+        if let Live::Tick(t) = message {
+            let at = first.entry(t.currency).or_insert(t.timedate);
+            *at = (*at).min(t.timedate);
+        }
+    }
+    first
+}
+
+/// Whether `backfill`, asked from `from`, accounts for every slot of each currency in `needed`
+/// before the time given: each is a tick in it or lies inside a gap it reports. A replica whose
+/// recorder is behind its broker answers without the newest ticks, and that is what this catches.
+fn covers(backfill: &Backfill, from: Timedate, needed: &BTreeMap<Currency, Timedate>) -> bool {
+    let Some(interval) = backfill.interval else {
+        return true;
+    };
+    needed.iter().all(|(&currency, &until)| {
+        // The first slot the answer does not account for.
+        let mut reach = match backfill.ticks.get(&currency).and_then(|t| t.last()) {
+            Some(last) => last.timedate.next(interval),
+            None => interval.slot_at_or_after(from),
+        };
+        let mut gaps: Vec<&Gap> = backfill
+            .gaps
+            .iter()
+            .filter(|g| g.currency == currency)
+            .collect();
+        gaps.sort_by_key(|g| g.from);
+        for gap in gaps {
+            if gap.from <= reach {
+                reach = reach.max(gap.until);
+            }
+        }
+        reach >= until
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ticks::GapReason;
+
+    fn at(s: i64) -> Timedate {
+        Timedate::from_unix_millis(1_700_000_000_000 + s * 1000).unwrap()
+    }
+
+    fn backfill(usd: &[i64], gaps: &[(i64, i64)]) -> Backfill {
+        Backfill {
+            ticks: BTreeMap::from([(
+                Currency::USD,
+                usd.iter()
+                    .map(|&s| Tick {
+                        currency: Currency::USD,
+                        timedate: at(s),
+                        price: "1".parse().unwrap(),
+                    })
+                    .collect(),
+            )]),
+            gaps: gaps
+                .iter()
+                .map(|&(f, u)| Gap {
+                    currency: Currency::USD,
+                    from: at(f),
+                    until: at(u),
+                    reason: GapReason::SourcesUnavailable,
+                })
+                .collect(),
+            interval: Some(Interval::DEFAULT),
+            since_before_earliest: false,
+        }
+    }
+
+    /// The check that tells a lagging replica from a complete one.
+    #[test]
+    fn an_answer_covers_what_the_broker_delivered_only_up_to_its_newest_tick_or_gap() {
+        let need = |s| BTreeMap::from([(Currency::USD, at(s))]);
+        // Ticks 0, 5, 10; the broker delivered 15: complete.
+        assert!(covers(&backfill(&[0, 5, 10], &[]), at(0), &need(15)));
+        // The broker delivered 20: the answer lacks 15.
+        assert!(!covers(&backfill(&[0, 5, 10], &[]), at(0), &need(20)));
+        // ... unless a gap explains it, however many gaps it takes.
+        assert!(covers(
+            &backfill(&[0, 5, 10], &[(15, 20)]),
+            at(0),
+            &need(20)
+        ));
+        assert!(covers(
+            &backfill(&[0, 5], &[(10, 15), (15, 25)]),
+            at(0),
+            &need(25)
+        ));
+        assert!(!covers(&backfill(&[0, 5], &[(15, 25)]), at(0), &need(25)));
+        // Nothing stored after `from`: only a tick in the slot right after it is covered.
+        assert!(covers(&backfill(&[], &[]), at(1), &need(5)));
+        assert!(!covers(&backfill(&[], &[]), at(1), &need(10)));
+        // A currency the broker delivered nothing of needs nothing.
+        assert!(covers(&backfill(&[], &[]), at(0), &BTreeMap::new()));
+    }
+}
