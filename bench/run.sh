@@ -10,7 +10,7 @@
 #   --cold-build            also time a cold `cargo build --release --workspace` (several minutes)
 #   --only NAME[,NAME]      run only these of: fanout, fanout-feed100ms, fanout-product-rate,
 #                           fanout-mosquitto-dupcheck, fanout-rumqttc, history, storm,
-#                           footprint
+#                           footprint, failover, cluster
 #
 # Everything runs on 127.0.0.1 with free ports; every load is bounded and stops by itself. On a
 # shared machine a measurement during which other processes took over a quarter of a core is
@@ -35,7 +35,8 @@ wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
 # The peers and load tools, from Debian's packages, only if missing.
 missing=()
-for tool in mosquitto:mosquitto mosquitto_passwd:mosquitto wrk:wrk nginx:nginx-light; do
+for tool in mosquitto:mosquitto mosquitto_passwd:mosquitto wrk:wrk nginx:nginx-light \
+    protoc:protobuf-compiler; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "${tool%%:*}" >/dev/null 2>&1 \
         || missing+=("${tool##*:}")
 done
@@ -56,14 +57,21 @@ target="${CARGO_TARGET_DIR:-target}"
 if [ $smoke -eq 1 ]; then
     # The debug binaries (dependencies optimised, see [profile.dev.package."*"]), which `cargo
     # test` has already built in CI: a release build with LTO would take minutes.
-    cargo build --workspace --bins
+    profile=()
     bin="$target/debug"
     run="smoke"
 else
-    cargo build --release --workspace
+    profile=(--release)
     bin="$target/release"
     run="full-$(date -u +%Y%m%dT%H%M%SZ)"
 fi
+# The cluster build of pricefeed, kept beside the default one as pricefeed-cluster (the failover
+# and cluster scenarios run it); then the default build, which puts the default pricefeed back.
+if wanted failover || wanted cluster; then
+    cargo build "${profile[@]}" --locked -p publisher --features cluster --bin pricefeed
+    cp "$bin/pricefeed" "$bin/pricefeed-cluster"
+fi
+cargo build "${profile[@]}" --locked --workspace --bins
 bench="$bin/pricefeed-bench"
 out="bench/results/$run"
 rm -rf "$out"
@@ -115,6 +123,10 @@ if [ $smoke -eq 1 ]; then
     wanted storm && step storm "$bench" storm --bin-dir "$bin" --out "$out" \
         --clients 20 --timeout 30s --follow 2s --attempts 1 --assert-gapless
     wanted footprint && step footprint "$bench" footprint --bin-dir "$bin" --out "$out" --idle 5s
+    wanted failover && step failover "$bench" failover --bin-dir "$bin" --out "$out" \
+        --kills 1 --interval 5s --assert-one-slot
+    wanted cluster && step cluster "$bench" fanout --bin-dir "$bin" --out "$out" --name cluster \
+        --brokers pricefeed,cluster --subscribers 21 "${fan[@]}" --attempts 1 --assert-no-loss
 else
     wanted fanout && step fanout "$bench" fanout --bin-dir "$bin" --out "$out" \
         --subscribers 1000,5000,10000 "${fan[@]}"
@@ -137,6 +149,12 @@ else
     # The pricesub SDK itself as the storm's clients, against either broker.
     wanted storm && step storm "$bench" storm --bin-dir "$bin" --out "$out" --clients 1000,5000
     wanted footprint && step footprint "$bench" footprint --bin-dir "$bin" --out "$out" --idle 60s
+    # Kill -9 of a cluster's publishing node, ten times, at the product's interval.
+    wanted failover && step failover "$bench" failover --bin-dir "$bin" --out "$out" --kills 10 --interval 5s
+    # 10,000 subscribers over the three nodes of a cluster on this machine against the same on one
+    # node, at the product's rate: what the cluster's forwarding costs.
+    wanted cluster && step cluster "$bench" fanout --bin-dir "$bin" --out "$out" --name cluster \
+        --brokers pricefeed,cluster --subscribers 10000 --ticks 30 --tick-every 1s --feed-interval 5s
     if [ $cold -eq 1 ]; then
         cold_dir="$(mktemp -d)"
         echo "== cold-build: CARGO_TARGET_DIR=$cold_dir cargo build --release --workspace" | tee -a "$out/commands.txt"
@@ -154,7 +172,7 @@ echo
 echo "== results in $out"
 cat "$out/machine.txt"
 for name in fanout fanout-feed100ms fanout-product-rate fanout-mosquitto-dupcheck fanout-rumqttc \
-    store history storm footprint; do
+    store history storm footprint failover cluster; do
     [ -f "$out/$name.md" ] || continue
     echo
     cat "$out/$name.md"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing first what the end-to-end tests use as real
-# third-party parts: Debian's Mosquitto (broker, mosquitto_sub, mosquitto_pub, mosquitto_passwd)
-# and curl, and the Python MQTT client paho-mqtt from PyPI. Nothing here reaches the internet at test
-# time: price APIs are served from tests/fixtures by a local server.
+# third-party parts: Debian's Mosquitto (broker, mosquitto_sub, mosquitto_pub, mosquitto_passwd),
+# curl and HAProxy, protoc (the cluster build needs it), and the Python MQTT client paho-mqtt from
+# PyPI. Then builds pricefeed with cluster mode and runs the cluster tests (three nodes each, one
+# test at a time). Arguments go to both `cargo test` runs. Nothing here reaches the internet at
+# test time: price APIs are served from tests/fixtures by a local server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_passwd:mosquitto curl:curl; do
+for tool in mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_passwd:mosquitto curl:curl \
+    protoc:protobuf-compiler haproxy:haproxy; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,3 +29,8 @@ fi
 # does not build.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+
+# Cluster mode: the `cluster` build of pricefeed (target/…/pricefeed is now that one), then the
+# tests that start three of it.
+cargo build --locked -p publisher --features cluster --bin pricefeed
+cargo test --locked -p pricefeed-tests --features cluster --test cluster "$@" -- --test-threads=1

@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! - [`scenarios`]: one module per subcommand (`gen-store`, `fanout`, `history`, `storm`,
-//!   `footprint`); scenarios use the harness, never each other.
+//!   `footprint`, `failover`); scenarios use the harness, never each other.
 //! - [`harness`]: servers, the lean MQTT load client, meters, reports. Processes come from the
 //!   test kit the end-to-end tests use (`tests/src`), and what is measured is the product itself:
 //!   its binaries, and the `pricesub` SDK.
@@ -13,7 +13,7 @@
 mod harness;
 mod scenarios;
 
-use scenarios::{fanout, footprint, gen_store, history, storm};
+use scenarios::{failover, fanout, footprint, gen_store, history, storm};
 
 use std::process::ExitCode;
 
@@ -41,6 +41,8 @@ enum Command {
     Storm(storm::StormArgs),
     /// Idle CPU, RSS, start-up time, binary sizes.
     Footprint(footprint::FootprintArgs),
+    /// SIGKILL of a 3-node cluster's publishing node, repeated: slots lost, time to the next tick.
+    Failover(failover::FailoverArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -59,6 +61,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Footprint(args) => {
             footprint::run(args).await?;
+        }
+        Command::Failover(args) => {
+            failover::run(args).await?;
         }
     }
     Ok(())

@@ -17,24 +17,17 @@
 //!   subscribers precisely when it is busy, so it is off.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use rmqtt::context::ServerContext;
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 
-use crate::{Credentials, TICKS_FILTER, publisher_topics};
-
-/// Why the embedded broker did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("invalid broker configuration: {0}")]
-    Config(String),
-    #[error("cannot listen for MQTT on {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
-    #[error("the embedded broker failed to start: {0}")]
-    Start(String),
-}
+use crate::cluster::{ClusterConfig, ClusterStatus};
+use crate::error::BrokerError;
+use crate::{Credentials, TICKS_FILTER, public_service_topics, publisher_topics};
 
 /// Configuration of the embedded broker.
 #[derive(Debug, Clone)]
@@ -47,6 +40,8 @@ pub struct EmbeddedBroker {
     pub max_sessions: usize,
     /// Worker threads of the broker's runtime.
     pub worker_threads: usize,
+    /// Join this raft cluster (needs the cargo feature `cluster`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl EmbeddedBroker {
@@ -57,16 +52,23 @@ impl EmbeddedBroker {
             publisher,
             max_sessions: 100_000,
             worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cluster: None,
         }
     }
 
     /// The rmqtt-acl rules. The first matching rule wins.
     pub fn acl_toml(&self) -> String {
         let Credentials { username, password } = &self.publisher;
-        let publish: Vec<String> = publisher_topics()
-            .iter()
-            .map(|t| format!("{{ eq = \"{t}\" }}"))
-            .collect();
+        // A topic with a wildcard is a filter (pricefeed/nodes/+); any other must match exactly.
+        let rule = |t: &str| {
+            if t.contains('+') {
+                format!("\"{t}\"")
+            } else {
+                format!("{{ eq = \"{t}\" }}")
+            }
+        };
+        let publish: Vec<String> = publisher_topics().iter().map(|t| rule(t)).collect();
+        let subscribe: Vec<String> = public_service_topics().iter().map(|t| rule(t)).collect();
         format!(
             r#"
 # A client that publishes where it may not is disconnected, not just ignored: it is hostile or broken.
@@ -75,20 +77,41 @@ rules = [
   ["allow", {{ user = "{username}", password = "{password}" }}, "connect"],
   ["deny", "all", "connect"],
   ["allow", {{ user = "{username}" }}, "publish", [{publish}]],
-  ["allow", "all", "subscribe", ["{TICKS_FILTER}", {{ eq = "{status}" }}]],
+  # rmqtt matches a subscription's filter against a rule's as if it were a topic, so the rule
+  # pricefeed/nodes/+ would also admit pricefeed/nodes/#: refused first.
+  ["deny", "all", "subscribe", [{{ eq = "{nodes_prefix}#" }}]],
+  ["allow", "all", "subscribe", ["{TICKS_FILTER}", {subscribe}]],
   ["deny", "all"]
 ]
 "#,
             publish = publish.join(", "),
-            status = ticks::STATUS_TOPIC,
+            subscribe = subscribe.join(", "),
+            nodes_prefix = ticks::NODES_TOPIC_PREFIX,
         )
     }
 
-    /// Starts the broker on its own thread and runtime; returns once the listener is bound.
+    /// Starts the broker on its own thread and runtime; returns once the listener is bound. A
+    /// cluster node then joins its cluster in the background (see [`BrokerHandle::cluster`]) and
+    /// accepts MQTT clients once it has.
     pub fn start(self) -> Result<BrokerHandle, BrokerError> {
         self.publisher.validate().map_err(BrokerError::Config)?;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, BrokerError>>();
+        #[cfg(not(feature = "cluster"))]
+        if self.cluster.is_some() {
+            return Err(BrokerError::Config(
+                "this pricefeed was built without cluster mode (cargo build --release --features publisher/cluster)"
+                    .into(),
+            ));
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            crate::cluster::raft::check_ports(cluster)?;
+        }
+        type Ready = Result<(SocketAddr, ServerContext, tokio::runtime::Handle), BrokerError>;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let joined = Arc::new(AtomicBool::new(self.cluster.is_none()));
+        let joining = joined.clone();
+        let cluster = self.cluster.clone();
         let thread = std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
@@ -105,18 +128,31 @@ rules = [
                     }
                 };
                 runtime.block_on(async move {
-                    let server = match self.build().await {
-                        Ok((server, addr)) => {
-                            let _ = ready_tx.send(Ok(addr));
-                            server
+                    let (server, scx) = match self.build().await {
+                        Ok((server, addr, scx)) => {
+                            let _ = ready_tx.send(Ok((
+                                addr,
+                                scx.clone(),
+                                tokio::runtime::Handle::current(),
+                            )));
+                            (server, scx)
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
+                    let run = async {
+                        #[cfg(feature = "cluster")]
+                        if let Some(cluster) = &self.cluster {
+                            crate::cluster::raft::start_grpc(&scx, cluster);
+                            crate::cluster::raft::join(&scx, &joining).await;
+                        }
+                        let _ = (&scx, &joining);
+                        server.run().await
+                    };
                     tokio::select! {
-                        result = server.run() => {
+                        result = run => {
                             if let Err(e) = result {
                                 tracing::error!(error = %e, "embedded broker stopped");
                             }
@@ -128,26 +164,36 @@ rules = [
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| BrokerError::Start(e.to_string()))?;
-        let local_addr = ready_rx
+        let (local_addr, scx, runtime) = ready_rx
             .recv()
             .map_err(|_| BrokerError::Start("broker thread ended before listening".into()))??;
         tracing::info!(addr = %local_addr, "embedded MQTT broker listening");
         Ok(BrokerHandle {
             local_addr,
+            cluster: cluster.map(|config| ClusterHandle {
+                config: Arc::new(config),
+                scx,
+                runtime,
+                joined,
+            }),
             stop_tx: Some(stop_tx),
             thread: Some(thread),
         })
     }
 
-    async fn build(&self) -> Result<(MqttServer, SocketAddr), BrokerError> {
+    async fn build(&self) -> Result<(MqttServer, SocketAddr, ServerContext), BrokerError> {
         let start_err = |e: &dyn std::fmt::Display| BrokerError::Start(e.to_string());
-        let scx = ServerContext::new()
+        let mut builder = ServerContext::new()
             .mqtt_max_sessions(isize::try_from(self.max_sessions).unwrap_or(isize::MAX))
             .busy_check_enable(false)
             .plugins_config_map_add("rmqtt-acl", self.acl_toml())
-            .plugins_config_map_add("rmqtt-retainer", RETAINER_TOML)
-            .build()
-            .await;
+            .plugins_config_map_add("rmqtt-retainer", RETAINER_TOML);
+        if let Some(cluster) = &self.cluster {
+            builder = builder
+                .node_id(cluster.node_id)
+                .plugins_config_map_add("rmqtt-cluster-raft", cluster.plugin_toml());
+        }
+        let scx = builder.build().await;
         rmqtt_acl::register(&scx, true, false)
             .await
             .map_err(|e| start_err(&e))?;
@@ -173,10 +219,10 @@ rules = [
             .map_err(|e| bind_err(&e))?;
         let local_addr = listener.local_addr().map_err(|e| bind_err(&e))?;
         // Keyed by the real port: `listener()` would key it by the configured port, 0 in tests.
-        let server = MqttServer::new(scx)
+        let server = MqttServer::new(scx.clone())
             .listener_by_id(listener, local_addr.port())
             .build();
-        Ok((server, local_addr))
+        Ok((server, local_addr, scx))
     }
 }
 
@@ -192,14 +238,54 @@ retained_message_ttl = "0s"
 /// A running embedded broker. Dropping it stops the broker.
 pub struct BrokerHandle {
     local_addr: SocketAddr,
+    cluster: Option<ClusterHandle>,
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A way to ask a cluster node's broker what its raft knows, from any runtime.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    config: Arc<ClusterConfig>,
+    scx: ServerContext,
+    runtime: tokio::runtime::Handle,
+    joined: Arc<AtomicBool>,
+}
+
+impl ClusterHandle {
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// What this node's raft says now: joined, leader, peers it reaches. Asked on the broker's
+    /// runtime, where the cluster plugin lives.
+    pub async fn status(&self) -> ClusterStatus {
+        #[cfg(feature = "cluster")]
+        {
+            let (scx, config, joined) =
+                (self.scx.clone(), self.config.clone(), self.joined.clone());
+            let asked = self
+                .runtime
+                .spawn(async move { crate::cluster::raft::status(&scx, &config, &joined).await });
+            asked.await.unwrap_or_default()
+        }
+        #[cfg(not(feature = "cluster"))]
+        {
+            let _ = (&self.scx, &self.runtime, &self.joined);
+            ClusterStatus::default()
+        }
+    }
 }
 
 impl BrokerHandle {
     /// The address the broker listens on (the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The cluster this broker is a node of, if any.
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        self.cluster.as_ref()
     }
 
     /// Stops the broker and waits (about a millisecond, at most ~1 s) for its thread to end.

@@ -6,21 +6,28 @@
 //!   default. MQTT 3.1.1 and 5 on one TCP listener, retained messages in memory, and the ACL below.
 //! - **External**: Mosquitto (or any broker) run by the operator; [`mosquitto`] writes the
 //!   equivalent configuration and ACL, and `broker-config/mosquitto/` holds a ready example.
+//! - **Clustered** ([`cluster`], cargo feature `cluster`): every node runs the embedded broker,
+//!   joined in rmqtt's raft cluster.
 //!
 //! The rules, on every deployment meant for untrusted clients (invariant 5 of the design):
 //!
 //! - the publisher connects with a username and password, and may publish only the tick topics and
 //!   the status topic;
-//! - anyone may connect without credentials and subscribe to `btc/#` and `pricefeed/status`, and
-//!   nothing else; their publishes are dropped (the retained price every display shows stays ours);
+//! - anyone may connect without credentials and subscribe to `btc/#`, `pricefeed/status`,
+//!   `pricefeed/gaps` and `pricefeed/nodes/+`, and nothing else; their publishes are refused (the
+//!   retained price every display shows stays ours);
 //! - any other username, or a wrong password, is refused at CONNECT.
 //!
 //! This crate does not publish or subscribe; the publisher and `pricesub` are MQTT clients of it.
 
+pub mod cluster;
 mod embedded;
+mod error;
 pub mod mosquitto;
 
-pub use embedded::{BrokerError, BrokerHandle, EmbeddedBroker};
+pub use cluster::{ClusterConfig, ClusterStatus, NodeAddr};
+pub use embedded::{BrokerHandle, ClusterHandle, EmbeddedBroker};
+pub use error::BrokerError;
 
 /// The username the publisher authenticates with.
 pub const PUBLISHER_USER: &str = "pricefeed-publisher";
@@ -88,9 +95,15 @@ impl Credentials {
     }
 }
 
-/// The topics only the publisher may publish to: every tick topic and the status topic.
+/// The topics only the publisher may publish to: every tick topic, the status, the gaps, and
+/// (as a filter) the nodes' liveness.
 pub fn publisher_topics() -> Vec<&'static str> {
     let mut topics: Vec<&'static str> = ticks::Currency::ALL.iter().map(|c| c.topic()).collect();
-    topics.push(ticks::STATUS_TOPIC);
+    topics.extend([ticks::STATUS_TOPIC, ticks::GAPS_TOPIC, ticks::NODES_FILTER]);
     topics
+}
+
+/// The filters anyone may subscribe to, besides [`TICKS_FILTER`].
+pub fn public_service_topics() -> [&'static str; 3] {
+    [ticks::STATUS_TOPIC, ticks::GAPS_TOPIC, ticks::NODES_FILTER]
 }

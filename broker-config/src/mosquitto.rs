@@ -7,16 +7,20 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::{PUBLISHER_USER, TICKS_FILTER, publisher_topics};
+use crate::{PUBLISHER_USER, TICKS_FILTER, public_service_topics, publisher_topics};
 
-/// The Mosquitto ACL: anonymous clients read ticks and status, the publisher writes them.
+/// The Mosquitto ACL: anonymous clients read ticks, status, gaps and node liveness; the publisher
+/// writes them.
 pub fn acl_file() -> String {
     let mut acl = String::from(
-        "# pricefeed: anonymous clients may read ticks and the feed status, and write nothing.\n\
-         # (Mosquitto applies topic lines before the first `user` line to anonymous clients.)\n",
+        "# pricefeed: anonymous clients may read ticks, the feed status, gaps and node liveness,\n\
+         # and write nothing. (Mosquitto applies topic lines before the first `user` line to\n\
+         # anonymous clients.)\n",
     );
     let _ = writeln!(acl, "topic read {TICKS_FILTER}");
-    let _ = writeln!(acl, "topic read {}", ticks::STATUS_TOPIC);
+    for topic in public_service_topics() {
+        let _ = writeln!(acl, "topic read {topic}");
+    }
     let _ = writeln!(acl, "\n# Only the publisher writes prices.");
     let _ = writeln!(acl, "user {PUBLISHER_USER}");
     for topic in publisher_topics() {
@@ -77,5 +81,8 @@ mod tests {
         assert!(publisher.contains("topic write btc/USD\n"));
         assert!(publisher.contains("topic write btc/EUR\n"));
         assert!(publisher.contains("topic write pricefeed/status\n"));
+        assert!(publisher.contains("topic write pricefeed/gaps\n"));
+        assert!(publisher.contains("topic write pricefeed/nodes/+\n"));
+        assert!(anonymous.contains("topic read pricefeed/gaps\n"));
     }
 }

@@ -166,12 +166,19 @@ async fn anonymous_clients_read_and_get_the_retained_price() {
     let (topic, payload, _) = early.next_publish(WAIT).await.unwrap();
     assert_eq!((topic.as_str(), payload.as_str()), ("btc/USD", "97001.5"));
 
-    for filter in ["btc/+", "btc/USD", "pricefeed/status"] {
+    for filter in [
+        "btc/+",
+        "btc/USD",
+        "pricefeed/status",
+        "pricefeed/gaps",
+        "pricefeed/nodes/+",
+        "pricefeed/nodes/2",
+    ] {
         let mut late = connect(addr, &format!("late-{}", filter.len()), None)
             .await
             .unwrap();
         assert!(granted(&late.subscribe(filter).await), "{filter}");
-        if filter != "pricefeed/status" {
+        if filter.starts_with("btc/") {
             assert_eq!(
                 late.next_publish(WAIT).await,
                 Some(("btc/USD".into(), "97001.5".into(), true)),
@@ -185,7 +192,14 @@ async fn anonymous_clients_read_and_get_the_retained_price() {
 async fn anonymous_subscriptions_outside_the_feed_are_refused() {
     let (broker, _) = start(100);
     let mut c = connect(broker.local_addr(), "nosy", None).await.unwrap();
-    for filter in ["#", "pricefeed/#", "$SYS/#", "eth/USD"] {
+    for filter in [
+        "#",
+        "pricefeed/#",
+        "pricefeed/+",
+        "$SYS/#",
+        "eth/USD",
+        "pricefeed/nodes/#",
+    ] {
         assert_eq!(
             c.subscribe(filter).await,
             vec![SubscribeReasonCode::Failure],

@@ -10,11 +10,18 @@
 //!
 //! - [`Feed`]: builds everything (store, sources, broker, listeners) and runs it until shutdown.
 //! - [`slot_loop`]: the slot loop — sample, store, publish, record gaps, announce status.
+//! - [`leadership`]: who may publish when several nodes could: the election, and the [`Gate`]
+//!   that turns its answers into the node's role.
+//! - [`recorder`]: a cluster node's history: catch up from a peer, then record what is published.
+//! - [`cluster`]: a cluster node's settings and the connections it publishes through.
 //! - [`mqtt`]: the publisher's MQTT connection with capped reconnect backoff.
 //! - [`clock`]: the wall clock the grid is read from (the system's, or tokio's paused time in tests).
 
 pub mod clock;
+pub mod cluster;
+pub mod leadership;
 pub mod mqtt;
+pub mod recorder;
 pub mod slot_loop;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker_config::{BrokerHandle, Credentials, EmbeddedBroker};
+use broker_config::{BrokerHandle, ClusterHandle, Credentials, EmbeddedBroker};
 use history_api::{ApiState, FeedFacts, Metrics};
 use history_store::{FeedInfo, HistoryStore};
 use price_sources::{SourceChain, SourceConfig};
@@ -31,11 +38,35 @@ use ticks::{BrokerUrl, Currency, Interval};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::WallClock;
-use crate::mqtt::MqttLink;
+pub use crate::cluster::ClusterSettings;
+use crate::cluster::NodeLinks;
+use crate::leadership::{Gate, RaftLeadership};
+use crate::mqtt::{LinkOptions, MqttLink};
+use crate::recorder::Recorder;
 use crate::slot_loop::{FeedStatus, SlotLoop, TickSink};
 
 /// How long each part of shutdown may take before it is abandoned.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
+
+/// One history request of a cluster node's recorder to a peer.
+const RECORDER_HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the slot loop's ticks go: one connection, or a cluster node's.
+enum Sink {
+    /// The link, and what stops its reconnect loop.
+    Single(Arc<MqttLink>, CancellationToken),
+    /// The node's links, and its cluster (asked at shutdown whether another node can take over).
+    Node(Arc<NodeLinks>, ClusterHandle),
+}
+
+impl Sink {
+    fn as_tick_sink(&self) -> Arc<dyn TickSink> {
+        match self {
+            Sink::Single(link, _) => link.clone(),
+            Sink::Node(links, _) => links.clone(),
+        }
+    }
+}
 
 /// Which broker the ticks go to.
 #[derive(Debug, Clone)]
@@ -65,6 +96,8 @@ pub struct Config {
     pub publisher_password: Option<String>,
     pub http_listen: SocketAddr,
     pub clock: WallClock,
+    /// Run as a node of a cluster of embedded brokers (needs the cargo feature `cluster`).
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// A built feed: store open, broker listening, HTTP bound. [`Feed::run`] starts the ticks.
@@ -102,6 +135,16 @@ impl Feed {
             ),
         };
         credentials.validate().map_err(anyhow::Error::msg)?;
+        if config.cluster.is_some() && config.publisher_password.is_none() {
+            anyhow::bail!(
+                "cluster mode needs --broker-password, the same on every node (a node's wills are held by the other nodes' brokers)"
+            );
+        }
+        if config.cluster.is_some() && matches!(config.broker, BrokerMode::External { .. }) {
+            anyhow::bail!(
+                "cluster mode runs the embedded broker on every node; --broker cannot be combined with it"
+            );
+        }
         let store = HistoryStore::open(&config.db)?;
         store
             .set_feed_info(FeedInfo {
@@ -116,6 +159,7 @@ impl Feed {
             } => {
                 let mut embedded = EmbeddedBroker::new(*listen, credentials.clone());
                 embedded.max_sessions = *max_sessions;
+                embedded.cluster = config.cluster.as_ref().map(|c| c.cluster.clone());
                 let handle = tokio::task::spawn_blocking(move || embedded.start())
                     .await
                     .context("starting the embedded broker")??;
@@ -179,29 +223,6 @@ impl Feed {
         } = self;
         let demo = chain.uses_demo();
         let metrics = Arc::new(Metrics::new());
-        let offline = FeedStatus::offline(config.interval, demo);
-        // The link outlives the slot loop so the offline status and queued ticks still go out.
-        let link_stop = CancellationToken::new();
-        let link = Arc::new(MqttLink::start(
-            &broker_url,
-            &credentials,
-            // Unguessable: an anonymous client connecting with the publisher's client id would take
-            // its session over and knock it off the broker, over and over.
-            &format!("pricefeed-publisher-{:016x}", fastrand::u64(..)),
-            ticks::STATUS_TOPIC,
-            offline.to_json(),
-            link_stop.clone(),
-        ));
-
-        // A restart must not leave displays blank: re-publish the newest stored tick, retained.
-        for &currency in &config.currencies {
-            match store.latest(currency).await {
-                Ok(Some(tick)) => link.publish_tick(&tick),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the latest tick to re-publish"),
-            }
-        }
-
         let api = ApiState::new(
             store.clone(),
             FeedFacts {
@@ -209,8 +230,85 @@ impl Feed {
                 demo,
             },
         )
-        .with_metrics(metrics.clone())
-        .with_broker(link.connected());
+        .with_metrics(metrics.clone());
+        let node_id = config.cluster.as_ref().map(|c| c.cluster.node_id);
+        let cluster_handle = broker.as_ref().and_then(|b| b.cluster()).cloned();
+        let (sink, api, gate) = match (&config.cluster, cluster_handle) {
+            (Some(settings), Some(handle)) => {
+                let node = settings.cluster.node_id;
+                let (caught_up_tx, caught_up) = tokio::sync::watch::channel(false);
+                let recorder = Recorder {
+                    store: store.clone(),
+                    broker: broker_url.clone(),
+                    peers: settings
+                        .history
+                        .iter()
+                        .filter(|(id, _)| *id != node)
+                        .cloned()
+                        .collect(),
+                    cluster: handle.clone(),
+                    history_timeout: RECORDER_HISTORY_TIMEOUT,
+                    caught_up: caught_up_tx,
+                    delay: settings.recorder_delay,
+                };
+                tokio::spawn(recorder.run(shutdown.clone()));
+                let handle_for_close = handle.clone();
+                let gate = Gate::start(
+                    Arc::new(RaftLeadership::new(handle)),
+                    caught_up,
+                    shutdown.clone(),
+                );
+                let peers = settings
+                    .mqtt
+                    .iter()
+                    .filter(|(id, _)| *id != node)
+                    .map(|(_, url)| url.clone())
+                    .collect();
+                let links = Arc::new(NodeLinks::start(
+                    node,
+                    broker_url.clone(),
+                    peers,
+                    credentials.clone(),
+                    config.interval,
+                    demo,
+                ));
+                links.announce_roles(gate.watch());
+                let api = api
+                    .with_broker(links.connected())
+                    .with_node(node, gate.watch());
+                (Sink::Node(links, handle_for_close), api, Some(gate))
+            }
+            _ => {
+                let link_stop = CancellationToken::new();
+                let link = Arc::new(MqttLink::start(
+                    LinkOptions {
+                        brokers: vec![broker_url.clone()],
+                        credentials: credentials.clone(),
+                        // Unguessable: an anonymous client connecting with the publisher's client
+                        // id would take its session over and knock it off the broker, over and over.
+                        client_id: format!("pricefeed-publisher-{:016x}", fastrand::u64(..)),
+                        will: Some((
+                            ticks::STATUS_TOPIC.to_string(),
+                            FeedStatus::offline(config.interval, demo).to_json(),
+                        )),
+                    },
+                    link_stop.clone(),
+                ));
+                // A restart must not leave displays blank: re-publish the newest stored tick,
+                // retained. (A cluster's brokers keep it for each other.)
+                for &currency in &config.currencies {
+                    match store.latest(currency).await {
+                        Ok(Some(tick)) => link.publish_tick(&tick),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the latest tick to re-publish")
+                        }
+                    }
+                }
+                let api = api.with_broker(link.connected());
+                (Sink::Single(link, link_stop), api, None)
+            }
+        };
         let http_stop = shutdown.clone();
         let http_addr = http.local_addr()?;
         let http_task = tokio::spawn(history_api::serve(http, api, async move {
@@ -223,6 +321,7 @@ impl Feed {
             broker = %broker_url,
             http = %http_addr,
             db = %config.db.display(),
+            node = ?node_id,
             "pricefeed running"
         );
 
@@ -231,17 +330,31 @@ impl Feed {
             currencies: config.currencies.clone(),
             chain,
             store,
-            sink: link.clone(),
+            sink: sink.as_tick_sink(),
             metrics,
             clock: config.clock.clone(),
+            gate,
+            node: node_id,
         };
         slots.run(shutdown.clone()).await;
 
         tracing::info!("shutting down");
-        link.publish_status(&offline);
-        link_stop.cancel();
-        if let Ok(link) = Arc::try_unwrap(link) {
-            link.close(SHUTDOWN_STEP).await;
+        match sink {
+            Sink::Single(link, link_stop) => {
+                link.publish_status(&FeedStatus::offline(config.interval, demo));
+                link_stop.cancel();
+                if let Ok(link) = Arc::try_unwrap(link) {
+                    link.close(SHUTDOWN_STEP).await;
+                }
+            }
+            Sink::Node(links, cluster) => {
+                // Without this node, do the others still make a majority?
+                let status = cluster.status().await;
+                let last = status.peers_available < cluster.config().majority();
+                if let Ok(links) = Arc::try_unwrap(links) {
+                    links.close(last).await;
+                }
+            }
         }
         match tokio::time::timeout(SHUTDOWN_STEP, http_task).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),

@@ -6,18 +6,25 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use broker_config::{ClusterConfig, NodeAddr};
 use clap::Parser;
 use price_sources::{DEFAULT_CHAIN, SourceConfig, SourceKind};
 use publisher::clock::WallClock;
-use publisher::{BrokerMode, Config, Feed};
+use publisher::{BrokerMode, ClusterSettings, Config, Feed};
 use startup::{Fatal, LogFormat, Runtime};
 use ticks::{BrokerUrl, Currency, Interval};
 use tokio_util::sync::CancellationToken;
 
+/// The version, and whether this build has cluster mode.
+#[cfg(feature = "cluster")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cluster)");
+#[cfg(not(feature = "cluster"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// BTC price feed over MQTT: a tick per currency every interval on btc/USD and btc/EUR, stored in
 /// SQLite and served as history over HTTP.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "pricefeed", version = VERSION, about, long_about = None)]
 struct Cli {
     /// Slot length: one tick per currency per slot, aligned to the wall clock (100ms to 24h).
     #[arg(long, env = "PRICEFEED_INTERVAL", default_value = "5s")]
@@ -69,6 +76,62 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "PRICEFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Cluster mode: this node's id (1, 2, …). Needs --cluster-grpc, --cluster-raft and
+    /// --cluster-history, and a build with the `cluster` feature.
+    #[arg(long, env = "PRICEFEED_NODE_ID", help_heading = "Cluster")]
+    node_id: Option<u64>,
+
+    /// Every node's broker-cluster gRPC address, ID@HOST:PORT, comma-separated; the same list on
+    /// every node.
+    #[arg(
+        long,
+        env = "PRICEFEED_CLUSTER_GRPC",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    cluster_grpc: Vec<NodeAddr>,
+
+    /// Every node's raft address, ID@HOST:PORT, comma-separated; the same list on every node.
+    #[arg(
+        long,
+        env = "PRICEFEED_CLUSTER_RAFT",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    cluster_raft: Vec<NodeAddr>,
+
+    /// Every node's MQTT address, ID@HOST:PORT, comma-separated: the other nodes' brokers hold
+    /// this node's wills.
+    #[arg(
+        long,
+        env = "PRICEFEED_CLUSTER_MQTT",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    cluster_mqtt: Vec<NodeAddr>,
+
+    /// Every node's history API, ID@URL (1@http://10.0.0.1:8080), comma-separated: where a node
+    /// fills its history from.
+    #[arg(
+        long,
+        env = "PRICEFEED_CLUSTER_HISTORY",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    cluster_history: Vec<NodeAddr>,
+
+    /// Bind this node's cluster gRPC server here (default: its own --cluster-grpc address).
+    #[arg(long, env = "PRICEFEED_CLUSTER_GRPC_LISTEN", help_heading = "Cluster")]
+    cluster_grpc_listen: Option<SocketAddr>,
+
+    /// Bind this node's raft here (default: its own --cluster-raft address).
+    #[arg(long, env = "PRICEFEED_CLUSTER_RAFT_LISTEN", help_heading = "Cluster")]
+    cluster_raft_listen: Option<SocketAddr>,
+
+    /// Tests only: the recorder stores what it receives this long after it arrived.
+    #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
+    recorder_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -89,11 +152,79 @@ fn parse_source_url(s: &str) -> Result<(SourceKind, String), String> {
 }
 
 /// rmqtt logs every refused connection at info, and its ACL plugin logs its configuration, password
-/// included: the broker's crates stay at warn unless RUST_LOG says otherwise.
-const DEFAULT_LOG: &str = "info,rmqtt=warn,rmqtt_acl=warn,rmqtt_retainer=warn,rmqtt_net=warn";
+/// included: the broker's crates stay at warn unless RUST_LOG says otherwise. In a cluster, raft
+/// and the node-to-node gRPC client warn about every message to a node that is down, twice a
+/// second: errors only (the cluster plugin still says which node is unavailable, and why).
+const DEFAULT_LOG: &str = "info,rmqtt=warn,rmqtt_acl=warn,rmqtt_retainer=warn,rmqtt_net=warn,\
+    rmqtt_cluster_raft=warn,rmqtt_raft=error,handy_grpc=error";
 
 impl Cli {
+    /// The cluster this node belongs to, if any cluster flag is given (then all must be).
+    fn cluster(&self) -> anyhow::Result<Option<ClusterSettings>> {
+        let given = self.node_id.is_some()
+            || !self.cluster_grpc.is_empty()
+            || !self.cluster_raft.is_empty()
+            || !self.cluster_mqtt.is_empty()
+            || !self.cluster_history.is_empty();
+        if !given {
+            return Ok(None);
+        }
+        let Some(node_id) = self.node_id else {
+            anyhow::bail!("cluster mode needs --node-id");
+        };
+        for (flag, list) in [
+            ("--cluster-grpc", &self.cluster_grpc),
+            ("--cluster-raft", &self.cluster_raft),
+            ("--cluster-mqtt", &self.cluster_mqtt),
+            ("--cluster-history", &self.cluster_history),
+        ] {
+            if list.is_empty() {
+                anyhow::bail!("cluster mode needs {flag} (every node, ID@ADDRESS)");
+            }
+        }
+        let mut cluster = ClusterConfig::new(node_id, &self.cluster_grpc, &self.cluster_raft)?;
+        cluster.grpc_listen = self.cluster_grpc_listen;
+        cluster.raft_listen = self.cluster_raft_listen;
+        let members: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+        let every_node = |flag: &str, list: &[NodeAddr]| -> anyhow::Result<()> {
+            let mut ids: Vec<u64> = list.iter().map(|n| n.id).collect();
+            ids.sort_unstable();
+            if ids != members {
+                anyhow::bail!(
+                    "{flag} lists nodes {ids:?}; the cluster is {members:?}: give every node once"
+                );
+            }
+            Ok(())
+        };
+        every_node("--cluster-history", &self.cluster_history)?;
+        every_node("--cluster-mqtt", &self.cluster_mqtt)?;
+        let mut history = Vec::new();
+        for entry in &self.cluster_history {
+            if !(entry.addr.starts_with("http://") || entry.addr.starts_with("https://")) {
+                anyhow::bail!(
+                    "--cluster-history {entry}: the URL must start with http:// or https://"
+                );
+            }
+            history.push((entry.id, entry.addr.clone()));
+        }
+        let mut mqtt = Vec::new();
+        for entry in &self.cluster_mqtt {
+            let url: BrokerUrl = entry
+                .addr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--cluster-mqtt {entry}: {e}"))?;
+            mqtt.push((entry.id, url));
+        }
+        Ok(Some(ClusterSettings {
+            cluster,
+            history,
+            mqtt,
+            recorder_delay: self.recorder_delay,
+        }))
+    }
+
     fn into_config(self) -> anyhow::Result<Config> {
+        let cluster = self.cluster()?;
         let mut sources: Vec<SourceConfig> = self
             .source
             .iter()
@@ -129,6 +260,7 @@ impl Cli {
             publisher_password: self.broker_password,
             http_listen: self.http_listen,
             clock: WallClock::System,
+            cluster,
         })
     }
 }

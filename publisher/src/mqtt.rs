@@ -30,42 +30,91 @@ pub enum PublishError {
     Closed,
 }
 
+/// Where and as whom a [`MqttLink`] connects.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Tried in turn: after a failed or lost connection, the next one.
+    pub brokers: Vec<BrokerUrl>,
+    pub credentials: Credentials,
+    pub client_id: String,
+    /// Published retained on this topic by the broker if we vanish without a clean disconnect.
+    pub will: Option<(String, String)>,
+}
+
+impl LinkOptions {
+    fn mqtt_options(&self, attempt: usize) -> MqttOptions {
+        let url = &self.brokers[attempt % self.brokers.len()];
+        // A new id on every attempt: a clustered broker reconnected to under the old id goes
+        // looking for the old session on the node that held it (dead, when that is why we
+        // reconnect), and may end it with its will, about a client that is alive.
+        let client_id = format!("{}-{:08x}", self.client_id, fastrand::u32(..));
+        let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
+        opts.set_credentials(
+            self.credentials.username.clone(),
+            self.credentials.password.clone(),
+        );
+        opts.set_keep_alive(Duration::from_secs(15));
+        opts.set_clean_session(true);
+        if let Some((topic, payload)) = &self.will {
+            opts.set_last_will(LastWill::new(
+                topic.as_str(),
+                payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+        opts
+    }
+}
+
+/// A retained message published again on every (re)connection.
+type Birth = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
 /// A publishing connection kept alive in the background.
 pub struct MqttLink {
     client: AsyncClient,
     connected: Arc<AtomicBool>,
+    birth: Birth,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl MqttLink {
-    /// Connects in the background; publishes queue until the broker accepts us. `will` is
-    /// published retained on `will_topic` by the broker if we vanish without a clean disconnect.
-    pub fn start(
-        url: &BrokerUrl,
-        credentials: &Credentials,
-        client_id: &str,
-        will_topic: &str,
-        will: String,
-        shutdown: CancellationToken,
-    ) -> MqttLink {
-        let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
-        opts.set_credentials(credentials.username.clone(), credentials.password.clone());
-        opts.set_keep_alive(Duration::from_secs(15));
-        opts.set_clean_session(true);
-        opts.set_last_will(LastWill::new(will_topic, will, QoS::AtLeastOnce, true));
-        let (client, mut eventloop) = AsyncClient::new(opts, QUEUE);
+    /// Connects in the background; publishes queue until a broker accepts us.
+    pub fn start(options: LinkOptions, shutdown: CancellationToken) -> MqttLink {
+        assert!(!options.brokers.is_empty(), "a link needs a broker");
+        let (client, mut eventloop) = AsyncClient::new(options.mqtt_options(0), QUEUE);
         // Both currencies' ticks are written at once: the second must not wait for the broker to
         // acknowledge the first (Nagle's algorithm).
         let mut network = eventloop.network_options();
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
         let connected = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(drive(eventloop, url.clone(), connected.clone(), shutdown));
+        let birth = Birth::default();
+        let task = tokio::spawn(drive(
+            eventloop,
+            options,
+            connected.clone(),
+            (client.clone(), birth.clone()),
+            shutdown,
+        ));
         MqttLink {
             client,
             connected,
+            birth,
             task,
         }
+    }
+
+    /// Publishes `payload` retained on `topic` now and again after every reconnection, so that
+    /// whatever a broker published there meanwhile (an old session's will) is overwritten.
+    pub fn publish_on_every_connect(
+        &self,
+        topic: &str,
+        payload: String,
+    ) -> Result<(), PublishError> {
+        *self.birth.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((topic.to_string(), payload.clone()));
+        self.publish(topic, payload, true)
     }
 
     /// True while the broker has accepted our connection.
@@ -73,10 +122,10 @@ impl MqttLink {
         self.connected.clone()
     }
 
-    /// Queues a retained QoS 1 publish without waiting.
-    pub fn publish_retained(&self, topic: &str, payload: String) -> Result<(), PublishError> {
+    /// Queues a QoS 1 publish without waiting.
+    pub fn publish(&self, topic: &str, payload: String, retain: bool) -> Result<(), PublishError> {
         self.client
-            .try_publish(topic, QoS::AtLeastOnce, true, payload)
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .map_err(|e| match e {
                 ClientError::TryRequest(_) => PublishError::QueueFull,
                 _ => PublishError::Closed,
@@ -95,10 +144,13 @@ impl MqttLink {
 
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
-    url: BrokerUrl,
+    options: LinkOptions,
     connected: Arc<AtomicBool>,
+    (client, birth): (AsyncClient, Birth),
     shutdown: CancellationToken,
 ) {
+    let mut attempt = 0;
+    let mut url = options.brokers[0].clone();
     let mut backoff = BACKOFF_MIN;
     let mut disconnecting = false;
     // Failed attempts since the last CONNACK: the first and every 20th (about every 100 s at the
@@ -118,6 +170,10 @@ async fn drive(
                 connected.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 failures = 0;
+                let birth = birth.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some((topic, payload)) = birth {
+                    let _ = client.try_publish(topic, QoS::AtLeastOnce, true, payload);
+                }
                 tracing::info!(broker = %url, "connected to the MQTT broker");
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -158,6 +214,11 @@ async fn drive(
                     _ = shutdown.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                if options.brokers.len() > 1 {
+                    attempt += 1;
+                    url = options.brokers[attempt % options.brokers.len()].clone();
+                    eventloop.mqtt_options = options.mqtt_options(attempt);
+                }
             }
         }
     }

@@ -15,28 +15,41 @@ use history_api::Metrics;
 use history_store::HistoryStore;
 use price_sources::{Sample, SourceChain};
 use serde::Serialize;
-use ticks::{Currency, Gap, GapReason, Interval, STATUS_TOPIC, Tick, Timedate};
+use ticks::{Currency, GAPS_TOPIC, Gap, GapReason, Interval, STATUS_TOPIC, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::WallClock;
+use crate::leadership::{Gate, Role};
 use crate::mqtt::MqttLink;
 
-/// Where ticks and status go once stored. A trait so the slot loop can be tested without a broker.
+/// Where ticks, gaps and status go once stored. A trait so the slot loop can be tested without a
+/// broker.
 pub trait TickSink: Send + Sync {
     fn publish_tick(&self, tick: &Tick);
+    /// A gap as far as it is known: a gap still growing comes again with the same start.
+    fn publish_gap(&self, gap: &Gap);
     fn publish_status(&self, status: &FeedStatus);
+    /// The node starts (true) or stops (false) being the one that publishes. Nothing to do for
+    /// a single node, which always is.
+    fn set_active(&self, _active: bool) {}
 }
 
 impl TickSink for MqttLink {
     fn publish_tick(&self, tick: &Tick) {
-        if let Err(e) = self.publish_retained(tick.topic(), tick.payload()) {
+        if let Err(e) = self.publish(tick.topic(), tick.payload(), true) {
             tracing::warn!(topic = tick.topic(), timedate = %tick.timedate, error = %e,
                 "tick stored but not published live; clients will backfill it");
         }
     }
 
+    fn publish_gap(&self, gap: &Gap) {
+        if let Err(e) = self.publish(GAPS_TOPIC, gap.payload(), false) {
+            tracing::warn!(error = %e, "gap stored but not published live; clients will find it in history");
+        }
+    }
+
     fn publish_status(&self, status: &FeedStatus) {
-        if let Err(e) = self.publish_retained(STATUS_TOPIC, status.to_json()) {
+        if let Err(e) = self.publish(STATUS_TOPIC, status.to_json(), true) {
             tracing::warn!(error = %e, "status not published");
         }
     }
@@ -67,6 +80,9 @@ pub struct FeedStatus {
     pub interval: String,
     /// The feed runs on the offline demo source: these are not market prices.
     pub demo: bool,
+    /// In a cluster, the node that publishes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
 }
 
 impl FeedStatus {
@@ -77,6 +93,7 @@ impl FeedStatus {
             missing_since: BTreeMap::new(),
             interval: interval.to_string(),
             demo,
+            node: None,
         }
     }
 
@@ -122,6 +139,10 @@ pub struct SlotLoop<S> {
     pub sink: Arc<dyn TickSink>,
     pub metrics: Arc<Metrics>,
     pub clock: WallClock,
+    /// In a cluster: who publishes. `None`: this node always does.
+    pub gate: Option<Gate>,
+    /// In a cluster: this node's id, named in the status.
+    pub node: Option<u64>,
 }
 
 /// How far into the slot sampling may run: a source that answers later is too late for this slot.
@@ -131,31 +152,63 @@ fn sampling_budget(interval: Interval) -> Duration {
 }
 
 impl<S: Sampler> SlotLoop<S> {
-    /// Runs until `shutdown`. Returns the number of slots processed.
+    /// Runs until `shutdown`. Returns the number of slots processed (published or recorded as
+    /// gaps by this node).
     pub async fn run(self, shutdown: CancellationToken) -> u64 {
         let demo = self.chain.uses_demo();
         let mut slot = self.interval.slot_at_or_after(self.clock.now());
-        self.record_downtime(slot).await;
         let mut status = FeedStatus {
             state: FeedState::Live,
             slot: None,
             missing_since: BTreeMap::new(),
             interval: self.interval.to_string(),
             demo,
+            node: self.node,
         };
         let mut announced: Option<FeedStatus> = None;
+        let mut gaps = OpenGaps::default();
+        let mut active = false;
         let mut processed = 0;
         loop {
             tokio::select! {
                 _ = self.clock.sleep_until(slot) => {}
                 _ = shutdown.cancelled() => return processed,
             }
+            if self.gate.as_ref().is_some_and(|g| g.role() != Role::Active) {
+                if active {
+                    active = false;
+                    self.sink.set_active(false);
+                    tracing::warn!(slot = %slot, node = ?self.node, "no longer the publishing node");
+                }
+                slot = self.next_slot(slot, &mut gaps, false).await;
+                continue;
+            }
+            if !active {
+                // Starting, or taking over: the slots since the last stored tick had no
+                // publisher. A new status is announced, this node's.
+                active = true;
+                self.sink.set_active(true);
+                self.record_downtime(slot, &mut gaps).await;
+                announced = None;
+                status.missing_since.clear();
+                if let Some(node) = self.node {
+                    tracing::info!(slot = %slot, node, "this node publishes");
+                }
+            }
             let deadline = self.clock.instant_at(slot) + sampling_budget(self.interval);
             let sample = tokio::select! {
                 sample = self.chain.sample(&self.currencies, deadline) => sample,
                 _ = shutdown.cancelled() => return processed,
             };
-            self.settle(slot, sample, &mut status).await;
+            // The last word before anything is stored or published for this slot.
+            if let Some(gate) = &self.gate
+                && !gate.confirm().await
+            {
+                tracing::warn!(slot = %slot, "lost the election while sampling; this slot is not ours");
+                slot = self.next_slot(slot, &mut gaps, false).await;
+                continue;
+            }
+            self.settle(slot, sample, &mut status, &mut gaps).await;
             processed += 1;
             // Announce changes of state only: a status per slot would be noise on a retained topic.
             let changed = announced
@@ -165,22 +218,33 @@ impl<S: Sampler> SlotLoop<S> {
                 self.sink.publish_status(&status);
                 announced = Some(status.clone());
             }
-
-            let next = slot.next(self.interval);
-            let due = self.interval.slot_at_or_after(self.clock.now());
-            if due > next {
-                tracing::warn!(from = %next, until = %due, "fell behind the slot grid; skipping slots");
-                for currency in &self.currencies {
-                    self.record_gap(*currency, next, due, GapReason::PublisherDown)
-                        .await;
-                }
-            }
-            slot = due.max(next);
+            slot = self.next_slot(slot, &mut gaps, true).await;
         }
     }
 
+    /// The slot after `slot`, or, if the process fell behind the grid (suspended, overloaded), the
+    /// one due now, the skipped ones recorded as a gap when this node publishes.
+    async fn next_slot(&self, slot: Timedate, gaps: &mut OpenGaps, publishing: bool) -> Timedate {
+        let next = slot.next(self.interval);
+        let due = self.interval.slot_at_or_after(self.clock.now());
+        if due > next && publishing {
+            tracing::warn!(from = %next, until = %due, "fell behind the slot grid; skipping slots");
+            for currency in &self.currencies {
+                self.record_gap(*currency, next, due, GapReason::PublisherDown, gaps)
+                    .await;
+            }
+        }
+        due.max(next)
+    }
+
     /// Stores and publishes the ticks of one slot, records the currencies that got none.
-    async fn settle(&self, slot: Timedate, sample: Sample, status: &mut FeedStatus) {
+    async fn settle(
+        &self,
+        slot: Timedate,
+        sample: Sample,
+        status: &mut FeedStatus,
+        gaps: &mut OpenGaps,
+    ) {
         for failure in &sample.failures {
             self.metrics
                 .source_error(failure.source.name(), failure.error.kind());
@@ -195,6 +259,7 @@ impl<S: Sampler> SlotLoop<S> {
                     slot,
                     slot.next(self.interval),
                     GapReason::SourcesUnavailable,
+                    gaps,
                 )
                 .await;
                 status.missing_since.entry(currency).or_insert(slot);
@@ -222,6 +287,7 @@ impl<S: Sampler> SlotLoop<S> {
                         slot,
                         slot.next(self.interval),
                         GapReason::StoreUnavailable,
+                        gaps,
                     )
                     .await;
                     status.missing_since.entry(currency).or_insert(slot);
@@ -236,14 +302,14 @@ impl<S: Sampler> SlotLoop<S> {
         };
     }
 
-    /// At start-up: the slots between the last stored tick and now had no publisher.
-    async fn record_downtime(&self, first_slot: Timedate) {
+    /// On starting to publish: the slots between the last stored tick and now had no publisher.
+    async fn record_downtime(&self, first_slot: Timedate, gaps: &mut OpenGaps) {
         for &currency in &self.currencies {
             match self.store.latest(currency).await {
                 Ok(Some(last)) if last.timedate.next(self.interval) < first_slot => {
                     let from = self.interval.slot_of(last.timedate).next(self.interval);
                     tracing::info!(currency = %currency, from = %from, until = %first_slot, "recording the downtime since the last tick as a gap");
-                    self.record_gap(currency, from, first_slot, GapReason::PublisherDown)
+                    self.record_gap(currency, from, first_slot, GapReason::PublisherDown, gaps)
                         .await;
                 }
                 Ok(_) => {}
@@ -254,12 +320,15 @@ impl<S: Sampler> SlotLoop<S> {
         }
     }
 
+    /// Records a gap and publishes it as far as it reaches: a gap that continues the last one of
+    /// its currency (same reason, starting where it ended) is published with that one's start.
     async fn record_gap(
         &self,
         currency: Currency,
         from: Timedate,
         until: Timedate,
         reason: GapReason,
+        gaps: &mut OpenGaps,
     ) {
         let gap = Gap {
             currency,
@@ -269,6 +338,32 @@ impl<S: Sampler> SlotLoop<S> {
         };
         if let Err(e) = self.store.record_gap(gap).await {
             tracing::error!(currency = %currency, from = %from, until = %until, error = %e, "cannot record a gap");
+            return;
         }
+        self.sink.publish_gap(&gaps.extend(gap));
+    }
+}
+
+/// The last gap recorded per currency, so that a gap growing slot by slot is published with the
+/// start it has in the store.
+#[derive(Default)]
+struct OpenGaps(BTreeMap<Currency, Gap>);
+
+impl OpenGaps {
+    fn extend(&mut self, gap: Gap) -> Gap {
+        let merged = match self.0.get(&gap.currency) {
+            Some(open)
+                if open.reason == gap.reason && open.from <= gap.from && gap.from <= open.until =>
+            {
+                Gap {
+                    from: open.from,
+                    until: open.until.max(gap.until),
+                    ..gap
+                }
+            }
+            _ => gap,
+        };
+        self.0.insert(gap.currency, merged);
+        merged
     }
 }

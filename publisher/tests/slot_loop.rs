@@ -5,6 +5,8 @@
 //! price-sources crate.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use history_api::Metrics;
 use history_store::HistoryStore;
 use price_sources::{Quote, Sample, SourceKind};
 use publisher::clock::WallClock;
+use publisher::leadership::{Gate, Leadership};
 use publisher::slot_loop::{FeedState, FeedStatus, Sampler, SlotLoop, TickSink};
 use ticks::{Currency, Gap, GapReason, Interval, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
@@ -23,15 +26,23 @@ fn t(s: &str) -> Timedate {
 #[derive(Default)]
 struct Recorder {
     ticks: Mutex<Vec<Tick>>,
+    gaps: Mutex<Vec<Gap>>,
     statuses: Mutex<Vec<FeedStatus>>,
+    activations: Mutex<Vec<bool>>,
 }
 
 impl TickSink for Recorder {
     fn publish_tick(&self, tick: &Tick) {
         self.ticks.lock().unwrap().push(*tick);
     }
+    fn publish_gap(&self, gap: &Gap) {
+        self.gaps.lock().unwrap().push(*gap);
+    }
     fn publish_status(&self, status: &FeedStatus) {
         self.statuses.lock().unwrap().push(status.clone());
+    }
+    fn set_active(&self, active: bool) {
+        self.activations.lock().unwrap().push(active);
     }
 }
 
@@ -109,7 +120,24 @@ struct Run {
 
 /// Runs the loop from `start` for `run_for` of (paused) time with the scripted steps.
 async fn run(start: &str, run_for: Duration, steps: Vec<Step>, store: HistoryStore) -> Run {
+    run_gated(start, run_for, steps, store, None).await
+}
+
+/// [`run`] as a node of a cluster whose election says what `leads` says.
+async fn run_gated(
+    start: &str,
+    run_for: Duration,
+    steps: Vec<Step>,
+    store: HistoryStore,
+    leads: Option<Arc<Election>>,
+) -> Run {
     let clock = WallClock::anchored(t(start));
+    let shutdown = CancellationToken::new();
+    let node = leads.is_some().then_some(2);
+    let gate = leads.map(|election| {
+        let (_, caught_up) = tokio::sync::watch::channel(true);
+        Gate::start(election, caught_up, shutdown.clone())
+    });
     let recorder = Arc::new(Recorder::default());
     let sampler = Arc::new(Scripted {
         clock: clock.clone(),
@@ -124,8 +152,9 @@ async fn run(start: &str, run_for: Duration, steps: Vec<Step>, store: HistorySto
         sink: recorder.clone(),
         metrics: Arc::new(Metrics::new()),
         clock,
+        gate,
+        node,
     };
-    let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tokio::time::sleep(run_for).await;
@@ -137,6 +166,22 @@ async fn run(start: &str, run_for: Duration, steps: Vec<Step>, store: HistorySto
         store,
         recorder,
         calls,
+    }
+}
+
+/// An election whose answer the test sets.
+#[derive(Default)]
+struct Election(std::sync::atomic::AtomicBool);
+
+impl Election {
+    fn set(&self, leads: bool) {
+        self.0.store(leads, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Leadership for Election {
+    fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move { self.0.load(std::sync::atomic::Ordering::SeqCst) })
     }
 }
 
@@ -403,4 +448,147 @@ async fn downtime_before_a_restart_is_recorded_as_a_gap() {
         }],
         "EUR had no tick before, so no downtime is claimed for it"
     );
+}
+
+/// A source outage is published on the gaps topic as it grows: one gap, the same start, a later
+/// end each slot, so a subscriber learns of it at once and counts it once.
+#[tokio::test(start_paused = true)]
+async fn a_growing_outage_is_published_as_one_gap_growing() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let r = run(
+        "2026-11-24T01:39:59.500Z",
+        Duration::from_millis(20_200),
+        vec![
+            answer(&[(Currency::USD, "1"), (Currency::EUR, "1")]),
+            answer(&[]),
+            answer(&[]),
+            answer(&[]),
+            answer(&[(Currency::USD, "1"), (Currency::EUR, "1")]),
+        ],
+        store,
+    )
+    .await;
+    let usd: Vec<(String, String)> = r
+        .recorder
+        .gaps
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.currency == Currency::USD)
+        .map(|g| (g.from.to_string(), g.until.to_string()))
+        .collect();
+    let from = "2026-11-24T01:40:05Z".to_string();
+    assert_eq!(
+        usd,
+        vec![
+            (from.clone(), "2026-11-24T01:40:10Z".to_string()),
+            (from.clone(), "2026-11-24T01:40:15Z".to_string()),
+            (from, "2026-11-24T01:40:20Z".to_string()),
+        ]
+    );
+}
+
+/// A standby samples nothing and publishes nothing; when the election chooses it, it records
+/// the slots nobody published as a gap (the failover), says so, and publishes from the next slot.
+#[tokio::test(start_paused = true)]
+async fn a_standby_stays_silent_and_a_takeover_records_the_slots_nobody_published() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    // The last tick the previous publisher published, which this node recorded.
+    store
+        .insert_ticks(
+            Currency::ALL
+                .map(|currency| Tick {
+                    currency,
+                    timedate: t("2026-11-24T01:39:55Z"),
+                    price: "1".parse().unwrap(),
+                })
+                .to_vec(),
+        )
+        .await
+        .unwrap();
+    let election = Arc::new(Election::default());
+    let leads = election.clone();
+    tokio::spawn(async move {
+        // The previous publisher dies at 01:40:01; this node wins at 01:40:11.
+        tokio::time::sleep(Duration::from_millis(11_500)).await;
+        leads.set(true);
+    });
+    let r = run_gated(
+        "2026-11-24T01:39:59.500Z",
+        Duration::from_millis(25_000),
+        vec![],
+        store,
+        Some(election),
+    )
+    .await;
+    let first = t("2026-11-24T01:40:15Z");
+    assert!(
+        r.calls.iter().all(|&c| c >= first),
+        "a standby samples nothing: {:?}",
+        r.calls
+    );
+    assert_eq!(r.calls.first(), Some(&first));
+    assert_eq!(*r.recorder.activations.lock().unwrap(), vec![true]);
+    let gaps = r
+        .store
+        .read(|s| s.gaps_overlapping(&Currency::ALL, Timedate::EPOCH, None))
+        .await
+        .unwrap();
+    let expected = |currency| Gap {
+        currency,
+        from: t("2026-11-24T01:40:00Z"),
+        until: first,
+        reason: GapReason::PublisherDown,
+    };
+    assert_eq!(gaps, vec![expected(Currency::USD), expected(Currency::EUR)]);
+    assert_eq!(*r.recorder.gaps.lock().unwrap(), gaps, "and published");
+    let statuses = r.recorder.statuses.lock().unwrap();
+    assert_eq!(
+        statuses[0].node,
+        Some(2),
+        "the status names the publishing node"
+    );
+    assert_eq!(statuses[0].slot, Some(first));
+    let ticks = r.recorder.ticks.lock().unwrap();
+    assert!(ticks.iter().all(|t| t.timedate >= first));
+    assert_eq!(ticks.len(), 2 * 2, "01:40:15 and 01:40:20, both currencies");
+}
+
+/// An election lost while the slot is being sampled wins: nothing is stored or published for it.
+#[tokio::test(start_paused = true)]
+async fn an_election_lost_while_sampling_publishes_nothing_for_that_slot() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let election = Arc::new(Election::default());
+    election.set(true);
+    let loses = election.clone();
+    tokio::spawn(async move {
+        // 01:40:05 plus 100 ms: the source of that slot takes 150 ms to answer.
+        tokio::time::sleep(Duration::from_millis(7_100)).await;
+        loses.set(false);
+    });
+    // Started early enough to be active (several answers in a row) by 01:40:00.
+    let r = run_gated(
+        "2026-11-24T01:39:58Z",
+        Duration::from_millis(13_500),
+        vec![],
+        store,
+        Some(election),
+    )
+    .await;
+    let slots: Vec<String> = r
+        .recorder
+        .ticks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.timedate.to_string())
+        .collect();
+    assert_eq!(slots, vec!["2026-11-24T01:40:00Z", "2026-11-24T01:40:00Z"]);
+    let stored = r
+        .store
+        .read(|s| s.ticks_since(Currency::USD, Timedate::EPOCH, 100))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "01:40:05 was sampled but not stored");
+    assert_eq!(*r.recorder.activations.lock().unwrap(), vec![true, false]);
 }

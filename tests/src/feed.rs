@@ -35,17 +35,37 @@ impl FeedProcess {
     /// Starts `bins/pricefeed` on free loopback ports (`--mqtt-listen`, `--http-listen`) with the
     /// store `db` and `extra` flags, and waits until it runs.
     pub async fn launch(bins: &Path, db: &Path, extra: &[&str]) -> anyhow::Result<FeedProcess> {
-        let db = db.to_str().context("a store path in UTF-8")?;
-        let mut args = vec![
+        let mut flags = vec![
             "--mqtt-listen",
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
-            "--db",
-            db,
         ];
-        args.extend_from_slice(extra);
-        let mut process = Process::start(&binary_in(bins, "pricefeed")?, &args)?;
+        flags.extend_from_slice(extra);
+        FeedProcess::launch_with(bins, db, &flags).await
+    }
+
+    /// Starts `bins/pricefeed` with the store `db` and exactly `flags` (ports included), and
+    /// waits until it runs.
+    pub async fn launch_with(
+        bins: &Path,
+        db: &Path,
+        flags: &[&str],
+    ) -> anyhow::Result<FeedProcess> {
+        FeedProcess::launch_program(&binary_in(bins, "pricefeed")?, db, flags).await
+    }
+
+    /// [`FeedProcess::launch_with`] for a `pricefeed` binary anywhere (a cluster build kept
+    /// beside the default one, say).
+    pub async fn launch_program(
+        program: &Path,
+        db: &Path,
+        flags: &[&str],
+    ) -> anyhow::Result<FeedProcess> {
+        let db = db.to_str().context("a store path in UTF-8")?;
+        let mut args = vec!["--db", db];
+        args.extend_from_slice(flags);
+        let mut process = Process::start(program, &args)?;
         let running = process
             .wait_for_log("pricefeed running", START_WITHIN)
             .await?;

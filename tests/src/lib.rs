@@ -11,7 +11,9 @@
 //!   failing modes. No test reaches the internet.
 //! - [`subscriber`]: [`TickSubscriber`], a real MQTT 3.1.1 client collecting ticks.
 //! - [`proxy`]: [`Proxy`], a TCP proxy to cut.
+//! - [`cluster`]: [`Cluster`], nodes of one raft cluster (the `cluster` build of `pricefeed`).
 
+pub mod cluster;
 pub mod feed;
 pub mod fixtures;
 pub mod mosquitto;
@@ -21,6 +23,7 @@ pub mod subscriber;
 
 use std::time::Duration;
 
+pub use cluster::Cluster;
 pub use feed::{FeedProcess, HistoryProcess};
 pub use fixtures::{FixtureServer, Mode, fixture};
 pub use mosquitto::Mosquitto;

@@ -310,3 +310,56 @@ async fn sigterm_ends_pricesub_cleanly() {
     }
     assert!(feed.process.terminate(WAIT).await.success());
 }
+
+/// A source outage reaches pricesub as it happens: the publisher announces each gap on
+/// `pricefeed/gaps`, so the gap is reported while the sources are still down, not only when the
+/// next tick reveals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_reported_while_it_lasts() {
+    let kraken = testkit::FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = FeedProcess::kraken(&dir.path().join("feed.db"), &kraken, "500ms").await;
+    let broker = format!("mqtt://{}", feed.mqtt);
+    let history = format!("http://{}", feed.http);
+    let mut sub = Process::spawn("pricesub", &["--broker", &broker, "--history", &history]);
+    let mut stdout = tokio::io::BufReader::new(sub.child.stdout.take().unwrap()).lines();
+    // Following live.
+    tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .expect("a first tick")
+        .unwrap()
+        .unwrap();
+    kraken.set_mode(testkit::Mode::Status(503));
+    let line = sub
+        .wait_for_log("pricesub: gap on btc/USD", WAIT)
+        .await
+        .unwrap();
+    assert!(line.ends_with("(sources_unavailable)"), "{line}");
+    let from: Timedate = line
+        .split("no ticks from ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Reported while still down: what pricesub printed meanwhile is older than the gap.
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(600), stdout.next_line())
+        .await
+        .unwrap_or(Ok(None))
+    {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        let tick = Tick::from_message(topic, payload.as_bytes()).unwrap();
+        assert!(
+            tick.timedate < from,
+            "{line} printed during the outage from {from}"
+        );
+    }
+    kraken.set_mode(testkit::Mode::Serve);
+    tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .expect("ticks again after the outage")
+        .unwrap()
+        .unwrap();
+    assert!(sub.terminate(WAIT).await.success());
+    assert!(feed.process.terminate(WAIT).await.success());
+}

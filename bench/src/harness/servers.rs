@@ -1,6 +1,7 @@
 //! What the scenarios measure and measure against: the server side of a scenario (`pricefeed`
-//! with its embedded broker, or Debian's Mosquitto with `pricefeed --broker`), nginx, and a plain
-//! HTTP GET. Started with the test kit's processes; loopback only, free ports.
+//! with its embedded broker, Debian's Mosquitto with `pricefeed --broker`, or a cluster of three
+//! nodes), nginx, and a plain HTTP GET. Started with the test kit's processes; loopback only,
+//! free ports.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use testkit::{FeedProcess, Mosquitto, Process, free_port, wait_listening, which};
+use testkit::{Cluster, FeedProcess, Mosquitto, Process, free_port, wait_listening, which};
 
 /// Which broker carries the MQTT traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -18,20 +19,41 @@ pub enum BrokerKind {
     Pricefeed,
     /// Debian's Mosquitto, `pricefeed --broker` publishing to it.
     Mosquitto,
+    /// Three `pricefeed` nodes of the cluster build (`pricefeed-cluster` beside the other
+    /// binaries), their brokers in one raft cluster, on this one machine.
+    Cluster,
+}
+
+impl BrokerKind {
+    /// How tables name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            BrokerKind::Pricefeed => "pricefeed",
+            BrokerKind::Mosquitto => "mosquitto + pricefeed --broker",
+            BrokerKind::Cluster => "pricefeed, 3-node cluster",
+        }
+    }
 }
 
 /// The publisher's password on every server a scenario starts: Mosquitto's, which the test kit
 /// sets, given to the embedded broker too.
 pub const PUBLISHER_PASSWORD: &str = testkit::mosquitto::MOSQUITTO_PUBLISHER_PASSWORD;
 
+/// The cluster build of `pricefeed`, which `bench/run.sh` keeps beside the default one.
+pub const CLUSTER_BINARY: &str = "pricefeed-cluster";
+
 /// How long a server may take to stop before it is killed.
 const STOP_WITHIN: Duration = Duration::from_secs(10);
 
-/// The server side of a scenario: `pricefeed --source demo` with its embedded broker, or Debian's
-/// Mosquitto with `pricefeed --broker` publishing to it.
+/// How long a cluster may take to elect its publishing node.
+const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+
+/// The server side of a scenario: `pricefeed --source demo` with its embedded broker, Debian's
+/// Mosquitto with `pricefeed --broker` publishing to it, or a cluster of three nodes.
 pub struct Server {
-    pub feed: FeedProcess,
-    pub mosquitto: Option<Mosquitto>,
+    single: Option<FeedProcess>,
+    mosquitto: Option<Mosquitto>,
+    cluster: Option<Cluster>,
 }
 
 impl Server {
@@ -45,9 +67,20 @@ impl Server {
         max_clients: usize,
         mosquitto_extra: &[String],
     ) -> anyhow::Result<Server> {
+        if kind == BrokerKind::Cluster {
+            let program = testkit::binary_in(bins, CLUSTER_BINARY)?;
+            let mut cluster = Cluster::with_program(program, 3, interval).await;
+            cluster.start_all().await;
+            cluster.settled(SETTLE_WITHIN).await;
+            return Ok(Server {
+                single: None,
+                mosquitto: None,
+                cluster: Some(cluster),
+            });
+        }
         let mosquitto = match kind {
-            BrokerKind::Pricefeed => None,
             BrokerKind::Mosquitto => Some(Mosquitto::launch(mosquitto_extra).await?),
+            _ => None,
         };
         let max_clients = max_clients.to_string();
         let broker = mosquitto.as_ref().map(|m| format!("mqtt://{}", m.addr()));
@@ -66,32 +99,79 @@ impl Server {
             None => flags.extend(["--max-clients", &max_clients]),
         }
         let feed = FeedProcess::launch(bins, db, &flags).await?;
-        Ok(Server { feed, mosquitto })
+        Ok(Server {
+            single: Some(feed),
+            mosquitto,
+            cluster: None,
+        })
     }
 
-    /// The process that carries the MQTT traffic.
-    pub fn broker_pid(&self) -> u32 {
-        self.mosquitto
-            .as_ref()
-            .map_or(self.feed.process.pid, |m| m.process.pid)
+    /// The `pricefeed` process (a cluster's first node).
+    pub fn feed(&self) -> &FeedProcess {
+        match (&self.single, &self.cluster) {
+            (Some(feed), _) => feed,
+            (None, Some(cluster)) => cluster.nodes[0]
+                .process
+                .as_ref()
+                .expect("a started cluster"),
+            (None, None) => unreachable!("a server has a pricefeed"),
+        }
+    }
+
+    /// Every MQTT address clients may use.
+    pub fn mqtt(&self) -> Vec<SocketAddr> {
+        match &self.cluster {
+            Some(cluster) => cluster.nodes.iter().map(|n| n.mqtt).collect(),
+            None => vec![self.feed().mqtt],
+        }
+    }
+
+    /// The publisher's password on the broker(s).
+    pub fn password(&self) -> &'static str {
+        match &self.cluster {
+            Some(_) => testkit::cluster::CLUSTER_PASSWORD,
+            None => PUBLISHER_PASSWORD,
+        }
+    }
+
+    /// The processes that carry the MQTT traffic.
+    pub fn broker_pids(&self) -> Vec<u32> {
+        match (&self.mosquitto, &self.cluster) {
+            (Some(m), _) => vec![m.process.pid],
+            (None, Some(cluster)) => cluster.pids(),
+            (None, None) => vec![self.feed().process.pid],
+        }
     }
 
     /// `pricefeed` when it only publishes to Mosquitto.
     pub fn publisher_pid(&self) -> Option<u32> {
-        self.mosquitto.as_ref().map(|_| self.feed.process.pid)
+        self.mosquitto.as_ref().map(|_| self.feed().process.pid)
     }
 
     /// Every process of the server.
     pub fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.feed.process.pid)
-            .chain(self.mosquitto.as_ref().map(|m| m.process.pid))
-            .collect()
+        match &self.cluster {
+            Some(cluster) => cluster.pids(),
+            None => std::iter::once(self.feed().process.pid)
+                .chain(self.mosquitto.as_ref().map(|m| m.process.pid))
+                .collect(),
+        }
+    }
+
+    /// Mosquitto, when it is the broker.
+    pub fn mosquitto(&self) -> Option<&Mosquitto> {
+        self.mosquitto.as_ref()
     }
 
     pub async fn stop(self) {
-        self.feed.process.stop(STOP_WITHIN).await;
+        if let Some(feed) = self.single {
+            feed.process.stop(STOP_WITHIN).await;
+        }
         if let Some(m) = self.mosquitto {
             m.process.stop(STOP_WITHIN).await;
+        }
+        if let Some(cluster) = self.cluster {
+            cluster.stop(STOP_WITHIN).await;
         }
     }
 }

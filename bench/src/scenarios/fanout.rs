@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::lean_mqtt as mqtt;
 use crate::harness::meters::{self, CpuMeter, Sampler};
 use crate::harness::report::{self, Table, fmt_f};
-use crate::harness::servers::{self, BrokerKind, Server};
+use crate::harness::servers::{BrokerKind, Server};
 
 /// 2001-01-01T00:00:00Z: bench ticks are this plus their sequence number in seconds.
 const BENCH_EPOCH_S: i64 = 978_307_200;
@@ -210,6 +210,17 @@ pub struct FanoutResult {
     pub other_top: Vec<String>,
 }
 
+impl FanoutResult {
+    /// The brokers' CPU time per message delivered, in the measured window.
+    pub fn broker_cpu_us_per_delivery(&self) -> f64 {
+        if self.delivered_per_second > 0.0 {
+            self.broker_cpu_percent * 1e4 / self.delivered_per_second
+        } else {
+            f64::NAN
+        }
+    }
+}
+
 pub async fn run(args: FanoutArgs) -> anyhow::Result<Vec<FanoutResult>> {
     let bins = args.bin_dir.clone();
     let max = args.subscribers.iter().copied().max().unwrap_or(0);
@@ -303,11 +314,14 @@ async fn run_one(
         &args.mosquitto_extra,
     )
     .await?;
-    let broker_pid = server.broker_pid();
+    let broker_pids = server.broker_pids();
     let publisher_pid = server.publisher_pid();
-    let addr = server.feed.mqtt;
+    // Subscribers spread over every broker of the server (one, or a cluster's three).
+    let addrs = server.mqtt();
+    let addr = addrs[0];
+    let rss = |pids: &[u32]| pids.iter().filter_map(|&p| meters::rss_kb(p)).sum::<u64>();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_baseline = meters::rss_kb(broker_pid).unwrap_or(0);
+    let rss_baseline = rss(&broker_pids);
 
     let shared = Arc::new(Shared {
         base: Instant::now(),
@@ -320,7 +334,7 @@ async fn run_one(
     });
 
     // Connect every subscriber, a bounded number at a time.
-    let connect_cpu = CpuMeter::start(vec![broker_pid]);
+    let connect_cpu = CpuMeter::start(broker_pids.clone());
     let harness_connect_cpu = CpuMeter::start_self();
     let connect_started = Instant::now();
     let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
@@ -330,6 +344,7 @@ async fn run_one(
         let gate = gate.clone();
         let client = args.client;
         let id = format!("bench-{}-{i}", std::process::id());
+        let addr = addrs[i % addrs.len()];
         tasks.push(tokio::spawn(async move {
             match client {
                 ClientKind::Raw => raw_subscriber(addr, id, shared, gate).await,
@@ -349,13 +364,13 @@ async fn run_one(
     let broker_connect_cpu = connect_cpu.percent();
     let harness_connect_cpu = harness_connect_cpu.percent();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_subscribed = meters::rss_kb(broker_pid).unwrap_or(0);
+    let rss_subscribed = rss(&broker_pids);
 
     // The timed publisher.
     let (pub_stream, _) = mqtt::connect(
         addr,
         &format!("bench-publisher-{}", std::process::id()),
-        Some((broker_config::PUBLISHER_USER, servers::PUBLISHER_PASSWORD)),
+        Some((broker_config::PUBLISHER_USER, server.password())),
         60,
         Duration::from_secs(10),
     )
@@ -382,12 +397,12 @@ async fn run_one(
         }
     });
 
-    let broker_cpu = CpuMeter::start(vec![broker_pid]);
+    let broker_cpu = CpuMeter::start(broker_pids.clone());
     let publisher_cpu = publisher_pid.map(|p| CpuMeter::start(vec![p]));
     let harness_cpu = CpuMeter::start_self();
     let machine_cpu = meters::MachineMeter::start();
     let others = meters::OthersMeter::start();
-    let sampler = Sampler::start(vec![broker_pid], Duration::from_millis(500));
+    let sampler = Sampler::start(broker_pids.clone(), Duration::from_millis(500));
     let feed_before = shared.feed_received.load(Ordering::Relaxed);
     let bench_before = shared.bench_received.load(Ordering::Relaxed);
     let window_start = Instant::now();
@@ -441,7 +456,8 @@ async fn run_one(
         harness_cpu_percent,
         machine_cpu_percent,
     ) = at_last_arrival;
-    let mut ours = vec![broker_pid, std::process::id()];
+    let mut ours = broker_pids.clone();
+    ours.push(std::process::id());
     ours.extend(publisher_pid);
     let other_top = others.top(&ours, 3);
     let peaks = sampler.finish().await;
@@ -706,6 +722,7 @@ fn table(title: &str, results: &[FanoutResult]) -> Table {
             "dup",
             "RSS/sub KB",
             "broker CPU %",
+            "broker CPU µs/delivery",
             "publisher CPU %",
             "harness CPU %",
             "other CPU %",
@@ -724,6 +741,7 @@ fn table(title: &str, results: &[FanoutResult]) -> Table {
             r.duplicates.to_string(),
             fmt_f(r.broker_rss_per_subscriber_kb, 1),
             fmt_f(r.broker_cpu_percent, 0),
+            fmt_f(r.broker_cpu_us_per_delivery(), 1),
             r.publisher_cpu_percent
                 .map_or("(same process)".into(), |c| fmt_f(c, 0)),
             fmt_f(r.harness_cpu_percent, 0),
@@ -732,22 +750,37 @@ fn table(title: &str, results: &[FanoutResult]) -> Table {
             fmt_f(r.connect_seconds, 1),
         ]);
     }
-    // Ratio rows: pricefeed ÷ mosquitto at each N.
+    // Ratio rows at each N: pricefeed ÷ mosquitto, and what the cluster's forwarding costs,
+    // cluster ÷ pricefeed.
+    let pairs = [
+        (
+            BrokerKind::Pricefeed,
+            BrokerKind::Mosquitto,
+            "ratio pricefeed/mosquitto",
+        ),
+        (
+            BrokerKind::Cluster,
+            BrokerKind::Pricefeed,
+            "ratio cluster/pricefeed",
+        ),
+    ];
     for n in results
         .iter()
         .map(|r| r.subscribers)
         .collect::<std::collections::BTreeSet<_>>()
     {
-        let ours = results
-            .iter()
-            .find(|r| r.subscribers == n && r.broker == BrokerKind::Pricefeed);
-        let peer = results
-            .iter()
-            .find(|r| r.subscribers == n && r.broker == BrokerKind::Mosquitto);
-        if let (Some(a), Some(b)) = (ours, peer) {
+        for (top, bottom, label) in pairs {
+            let find = |kind| {
+                results
+                    .iter()
+                    .find(|r| r.subscribers == n && r.broker == kind)
+            };
+            let (Some(a), Some(b)) = (find(top), find(bottom)) else {
+                continue;
+            };
             t.row(vec![
                 n.to_string(),
-                "ratio pricefeed/mosquitto".into(),
+                label.into(),
                 report::ratio(a.latency_p50_ms, b.latency_p50_ms),
                 report::ratio(a.latency_p99_ms, b.latency_p99_ms),
                 report::ratio(a.latency_max_ms, b.latency_max_ms),
@@ -758,6 +791,10 @@ fn table(title: &str, results: &[FanoutResult]) -> Table {
                     b.broker_rss_per_subscriber_kb,
                 ),
                 report::ratio(a.broker_cpu_percent, b.broker_cpu_percent),
+                report::ratio(
+                    a.broker_cpu_us_per_delivery(),
+                    b.broker_cpu_us_per_delivery(),
+                ),
                 String::new(),
                 String::new(),
                 String::new(),

@@ -58,9 +58,8 @@ pub async fn run(args: FootprintArgs) -> anyhow::Result<FootprintResult> {
     let interval = Interval::DEFAULT;
 
     let spawned_at = Timedate::now();
-    let feed = Server::start(&args.bin_dir, BrokerKind::Pricefeed, &db, "5s", 1000, &[])
-        .await?
-        .feed;
+    let server = Server::start(&args.bin_dir, BrokerKind::Pricefeed, &db, "5s", 1000, &[]).await?;
+    let feed = server.feed();
     // Subscribe as soon as the broker listens; the first tick comes at the next slot boundary.
     let (mut stream, mut buf) = mqtt::connect(
         feed.mqtt,
@@ -118,7 +117,7 @@ pub async fn run(args: FootprintArgs) -> anyhow::Result<FootprintResult> {
         mosquitto_binary_bytes: testkit::which("mosquitto").map_or(0, |p| meters::file_size(&p)),
         profile_dir: args.bin_dir.display().to_string(),
     };
-    feed.process.stop(Duration::from_secs(10)).await;
+    server.stop().await;
     mosquitto.process.stop(Duration::from_secs(5)).await;
 
     std::fs::create_dir_all(&args.out)?;

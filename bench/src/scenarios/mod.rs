@@ -8,7 +8,10 @@
 //! - [`storm`]: K `pricesub` SDK subscriptions reconnecting within a second, backfilling, going
 //!   live, checked gapless against the store.
 //! - [`footprint`]: idle CPU, RSS, start-up time, binary sizes.
+//! - [`failover`]: SIGKILL of a cluster's publishing node, again and again: slots lost, time to
+//!   the next tick.
 
+pub mod failover;
 pub mod fanout;
 pub mod footprint;
 pub mod gen_store;

@@ -199,7 +199,7 @@ async fn run_one(
     .await?;
     let server = Server::start(bins, broker, &db, &args.feed_interval, k + 1000, &[]).await?;
     let server_pids = server.pids();
-    let feed = &server.feed;
+    let feed = server.feed();
     // A few live ticks first, so the broker holds retained ones and the feed is warm.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_before: u64 = server_pids.iter().filter_map(|&p| meters::rss_kb(p)).sum();
@@ -214,8 +214,7 @@ async fn run_one(
     let done = Arc::new(AtomicUsize::new(0));
     let sampler = Sampler::start(server_pids.clone(), Duration::from_millis(250));
     let broker_sampler = server
-        .mosquitto
-        .as_ref()
+        .mosquitto()
         .map(|m| Sampler::start(vec![m.process.pid], Duration::from_millis(250)));
     let server_cpu = CpuMeter::start(server_pids.clone());
     let harness_cpu = CpuMeter::start_self();
@@ -478,10 +477,7 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
     for r in results {
         t.row(vec![
             r.clients.to_string(),
-            match r.broker {
-                BrokerKind::Pricefeed => "pricefeed".into(),
-                BrokerKind::Mosquitto => "mosquitto + pricefeed --broker".into(),
-            },
+            r.broker.label().into(),
             r.all_live_seconds.map_or("not all".into(), |s| fmt_f(s, 2)),
             fmt_f(r.live_p50_seconds, 2),
             format!(

@@ -47,6 +47,7 @@ impl TestFeed {
             publisher_password: password,
             http_listen: "127.0.0.1:0".parse().unwrap(),
             clock: WallClock::System,
+            cluster: None,
         };
         let started = Timedate::now();
         let feed = Feed::build(config).await.unwrap();

@@ -1,0 +1,33 @@
+# pricefeed with cluster mode, for docker-compose.yml (three nodes behind HAProxy) or on its own.
+#
+#   docker build -t pricefeed .
+#   docker run -p 1883:1883 -p 8080:8080 pricefeed        # one node, embedded broker
+#
+# The build stage needs protoc for the cluster feature (Debian's protobuf-compiler); the runtime
+# image has the binaries, curl for the health check, and nothing else.
+
+FROM rust:1.95-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler g++ make \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --features publisher/cluster \
+        --bin pricefeed --bin history-api --bin pricesub \
+    && cp target/release/pricefeed target/release/history-api target/release/pricesub /usr/local/bin/
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/pricefeed --create-home pricefeed
+COPY --from=build /usr/local/bin/pricefeed /usr/local/bin/history-api /usr/local/bin/pricesub /usr/local/bin/
+USER pricefeed
+WORKDIR /var/lib/pricefeed
+ENV PRICEFEED_DB=/var/lib/pricefeed/pricefeed.db \
+    PRICEFEED_LOG_FORMAT=json
+# MQTT, history/health/metrics, and in a cluster the node-to-node gRPC and raft ports.
+EXPOSE 1883 8080 5363 6003
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s \
+    CMD curl -fsS http://127.0.0.1:8080/readyz >/dev/null || exit 1
+ENTRYPOINT ["pricefeed"]

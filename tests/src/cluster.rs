@@ -1,0 +1,314 @@
+//! [`Cluster`]: N `pricefeed` nodes of one raft cluster on loopback, built with the `cluster`
+//! feature, each started, killed and restarted by the test.
+//!
+//! Raft and cluster-gRPC addresses must be fixed in advance (every node lists every other), so the
+//! ports are free ports picked up front. Each node's raft and gRPC are reached through a [`Proxy`]
+//! the test can cut, which isolates that node from the others (they no longer hear it; it hears
+//! them but its answers are lost): a partition. Each node samples its own local fixture server,
+//! so the test can count which node asked the sources.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::feed::FeedProcess;
+use crate::fixtures::FixtureServer;
+use crate::process::{bin_dir, free_port, run_command};
+use crate::proxy::Proxy;
+
+/// The publisher password every node of a test cluster shares.
+pub const CLUSTER_PASSWORD: &str = "cluster-test-password";
+
+/// How long a node may take to start (a loaded 2-core machine, a debug build).
+const START_WITHIN: Duration = Duration::from_secs(60);
+
+/// One node's fixed addresses and what it is running.
+pub struct Node {
+    pub id: u64,
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    pub db: PathBuf,
+    /// Its price source.
+    pub source: FixtureServer,
+    raft: u16,
+    grpc: u16,
+    raft_proxy: Proxy,
+    grpc_proxy: Proxy,
+    pub process: Option<FeedProcess>,
+}
+
+impl Node {
+    pub fn history_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn broker_url(&self) -> String {
+        format!("mqtt://{}", self.mqtt)
+    }
+}
+
+/// The cluster.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    program: PathBuf,
+    interval: String,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` nodes of this workspace's `pricefeed` sampling the Kraken fixture every `interval`,
+    /// none started yet.
+    pub async fn new(n: u64, interval: &str) -> Cluster {
+        Cluster::with_program(bin_dir().join("pricefeed"), n, interval).await
+    }
+
+    /// [`Cluster::new`] running `program`, a cluster build of `pricefeed`.
+    pub async fn with_program(program: PathBuf, n: u64, interval: &str) -> Cluster {
+        assert!(
+            cluster_binary(&program),
+            "{} was built without the cluster feature: cargo build --features publisher/cluster --bin pricefeed",
+            program.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let (raft, grpc) = (free_port(), free_port());
+            nodes.push(Node {
+                id,
+                mqtt: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                db: dir.path().join(format!("node{id}.db")),
+                source: FixtureServer::kraken().await,
+                raft,
+                grpc,
+                raft_proxy: Proxy::start(SocketAddr::from(([127, 0, 0, 1], raft))).await,
+                grpc_proxy: Proxy::start(SocketAddr::from(([127, 0, 0, 1], grpc))).await,
+                process: None,
+            });
+        }
+        Cluster {
+            nodes,
+            program,
+            interval: interval.to_string(),
+            extra: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Extra flags for every node started from now on (e.g. a slow recorder).
+    pub fn set_extra(&mut self, flags: &[&str]) {
+        self.extra = flags.iter().map(|f| f.to_string()).collect();
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// The flags every node shares: the membership, through each node's proxies.
+    fn membership(&self) -> Vec<String> {
+        let list = |f: &dyn Fn(&Node) -> String| {
+            self.nodes
+                .iter()
+                .map(|n| format!("{}@{}", n.id, f(n)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        vec![
+            "--cluster-grpc".into(),
+            list(&|n| n.grpc_proxy.addr().to_string()),
+            "--cluster-raft".into(),
+            list(&|n| n.raft_proxy.addr().to_string()),
+            "--cluster-mqtt".into(),
+            list(&|n| n.mqtt.to_string()),
+            "--cluster-history".into(),
+            list(&|n| n.history_url()),
+            "--broker-password".into(),
+            CLUSTER_PASSWORD.into(),
+        ]
+    }
+
+    /// Starts node `id` (its process logs "pricefeed running" once its HTTP and broker listen; it
+    /// joins the cluster in the background).
+    pub async fn start(&mut self, id: u64) {
+        let mut flags: Vec<String> = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--interval".into(),
+            self.interval.clone(),
+            "--source".into(),
+            "kraken".into(),
+            "--source-url".into(),
+            format!("kraken={}", self.node(id).source.url()),
+            "--cluster-raft-listen".into(),
+            format!("127.0.0.1:{}", self.node(id).raft),
+            "--cluster-grpc-listen".into(),
+            format!("127.0.0.1:{}", self.node(id).grpc),
+            "--mqtt-listen".into(),
+            self.node(id).mqtt.to_string(),
+            "--http-listen".into(),
+            self.node(id).http.to_string(),
+        ];
+        flags.extend(self.membership());
+        flags.extend(self.extra.iter().cloned());
+        let node = self.node(id);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let process = FeedProcess::launch_program(&self.program, &node.db, &flags)
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: {e:#}"));
+        self.node_mut(id).process = Some(process);
+    }
+
+    /// Starts every node at once.
+    pub async fn start_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        // Spawned together; each waits for its own "running" line.
+        for id in ids {
+            self.start(id).await;
+        }
+    }
+
+    /// The running nodes' processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.process.as_ref().map(|p| p.process.pid))
+            .collect()
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after `within`).
+    pub async fn stop(mut self, within: Duration) {
+        for node in &mut self.nodes {
+            if let Some(feed) = node.process.take() {
+                feed.process.stop(within).await;
+            }
+        }
+    }
+
+    /// SIGKILL: the node vanishes at once (its MQTT wills fire).
+    pub async fn kill(&mut self, id: u64) {
+        if let Some(mut feed) = self.node_mut(id).process.take() {
+            let _ = feed.process.child.kill().await;
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub async fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let feed = self
+            .node_mut(id)
+            .process
+            .take()
+            .expect("the node is running");
+        feed.process.terminate(Duration::from_secs(30)).await
+    }
+
+    /// What node `id` logged (nothing if it is not running).
+    pub fn log(&self, id: u64) -> Vec<String> {
+        self.node(id)
+            .process
+            .as_ref()
+            .map(|p| p.process.log())
+            .unwrap_or_default()
+    }
+
+    /// Cuts node `id` off from the others (or heals it).
+    pub fn partition(&self, id: u64, cut: bool) {
+        let node = self.node(id);
+        for proxy in [&node.raft_proxy, &node.grpc_proxy] {
+            proxy.set_refusing(cut);
+            if cut {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Node `id`'s `/readyz`, parsed (None when it does not answer).
+    pub async fn readyz(&self, id: u64) -> Option<serde_json::Value> {
+        let url = format!("{}/readyz", self.node(id).history_url());
+        let (status, body, _) =
+            run_command("curl", &["-s", "--max-time", "2", &url], START_WITHIN).await;
+        if !status.success() {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The role node `id` reports (`catching_up`, `standby`, `active`), if it answers.
+    pub async fn role(&self, id: u64) -> Option<String> {
+        self.readyz(id)
+            .await
+            .and_then(|r| r["node"]["role"].as_str().map(str::to_string))
+    }
+
+    /// The running nodes that report themselves active.
+    pub async fn active(&self) -> Vec<u64> {
+        let mut active = Vec::new();
+        for node in &self.nodes {
+            if node.process.is_some() && self.role(node.id).await.as_deref() == Some("active") {
+                active.push(node.id);
+            }
+        }
+        active
+    }
+
+    /// Waits until exactly one running node is active and every other running node is a
+    /// standby; returns the active one.
+    pub async fn settled(&self, within: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut roles = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.process.is_some()) {
+                roles.push((node.id, self.role(node.id).await));
+            }
+            let active: Vec<u64> = roles
+                .iter()
+                .filter(|(_, r)| r.as_deref() == Some("active"))
+                .map(|(id, _)| *id)
+                .collect();
+            let standby = roles
+                .iter()
+                .filter(|(_, r)| r.as_deref() == Some("standby"))
+                .count();
+            if active.len() == 1 && active.len() + standby == roles.len() {
+                return active[0];
+            }
+            if tokio::time::Instant::now() > deadline {
+                let mut logs = String::new();
+                for (id, _) in &roles {
+                    let log = self.log(*id);
+                    let tail = &log[log.len().saturating_sub(15)..];
+                    logs.push_str(&format!(
+                        "\n--- node {id}, last lines:\n{}",
+                        tail.join("\n")
+                    ));
+                }
+                panic!("the cluster did not settle within {within:?}: {roles:?}{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every `/v1/ticks` answer of `query` (say `since=…&currency=USD,EUR`) of the running nodes.
+    pub async fn answers(&self, query: &str) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.process.is_some()) {
+            let url = format!("{}/v1/ticks?{query}", node.history_url());
+            let (_, body, _) =
+                run_command("curl", &["-s", "--max-time", "10", &url], START_WITHIN).await;
+            out.push((node.id, body));
+        }
+        out
+    }
+}
+
+/// Whether a `pricefeed` binary has cluster mode: its `--version` says "(cluster)".
+fn cluster_binary(program: &std::path::Path) -> bool {
+    let version = std::process::Command::new(program)
+        .arg("--version")
+        .output();
+    matches!(version, Ok(out) if String::from_utf8_lossy(&out.stdout).contains("(cluster)"))
+}
