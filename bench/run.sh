@@ -7,7 +7,8 @@
 #   bench/run.sh --smoke    every scenario in miniature (N=20, K=20, a 1-day store, 2 s wrk runs,
 #                           5 s idle) on the debug binaries `cargo test` already built; asserts no
 #                           timing, only that it runs end to end with no tick lost or duplicated
-#   --cold-build            also time a cold `cargo build --release --workspace` (several minutes)
+#   --cold-build            also time a cold `cargo build --release --workspace`, then what the
+#                           cluster build of pricefeed adds (several minutes each)
 #   --only NAME[,NAME]      run only these of: fanout, fanout-feed100ms, fanout-product-rate,
 #                           fanout-mosquitto-dupcheck, fanout-rumqttc, history, storm,
 #                           footprint, failover, cluster
@@ -161,9 +162,18 @@ else
         started=$(date +%s.%N)
         CARGO_TARGET_DIR="$cold_dir" cargo build --release --workspace 2> "$out/cold-build.log"
         ended=$(date +%s.%N)
-        rm -rf "$cold_dir"
         awk -v s="$started" -v e="$ended" 'BEGIN { printf "cold release build of the workspace: %.0f s\n", e - s }' \
             | tee "$out/cold-build.txt"
+        # What cluster mode adds on top: its own dependencies (rmqtt's raft, gRPC, protobuf).
+        echo "== cold-build: CARGO_TARGET_DIR=$cold_dir cargo build --release -p publisher --features cluster --bin pricefeed" \
+            | tee -a "$out/commands.txt"
+        started=$(date +%s.%N)
+        CARGO_TARGET_DIR="$cold_dir" cargo build --release -p publisher --features cluster --bin pricefeed \
+            2> "$out/cold-build-cluster.log"
+        ended=$(date +%s.%N)
+        rm -rf "$cold_dir"
+        awk -v s="$started" -v e="$ended" 'BEGIN { printf "then the cluster build of pricefeed: %.0f s more\n", e - s }' \
+            | tee -a "$out/cold-build.txt"
     fi
 fi
 
