@@ -4,7 +4,8 @@
 #   docker run -p 1883:1883 -p 8080:8080 pricefeed        # one node, embedded broker
 #
 # The build stage needs protoc for the cluster feature (Debian's protobuf-compiler); the runtime
-# image has the binaries, curl for the health check, and nothing else.
+# image has the binaries, CA certificates (the price sources are HTTPS), curl for the health
+# check, and nothing else.
 
 FROM rust:1.95-slim-bookworm AS build
 RUN apt-get update \

@@ -77,8 +77,9 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// Cluster mode: this node's id (1, 2, …). Needs --cluster-grpc, --cluster-raft and
-    /// --cluster-history, and a build with the `cluster` feature.
+    /// Cluster mode: this node's id (1, 2, …). Needs --cluster-grpc, --cluster-raft,
+    /// --cluster-mqtt, --cluster-history and --broker-password, and a build with the `cluster`
+    /// feature.
     #[arg(long, env = "PRICEFEED_NODE_ID", help_heading = "Cluster")]
     node_id: Option<u64>,
 
