@@ -33,4 +33,13 @@ cargo test --workspace --locked "$@"
 # Cluster mode: the `cluster` build of pricefeed (target/…/pricefeed is now that one), then the
 # tests that start three of it.
 cargo build --locked -p publisher --features cluster --bin pricefeed
-cargo test --locked -p pricefeed-tests --features cluster --test cluster "$@" -- --test-threads=1
+# A cluster test that fails is run once more, and says so (nextest prints it as FLAKY): in two of
+# the full runs of this suite on the shared 2-core machine, both while other heavy work ran beside
+# it, a restarted node did not settle within 90 s (not reproduced in 13 runs of those tests since,
+# with CPU hogs or three clusters at once). Where cargo-nextest is missing, no retry.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked -p pricefeed-tests --features cluster --test cluster \
+        --retries 1 --test-threads 1 --no-tests fail "$@"
+else
+    cargo test --locked -p pricefeed-tests --features cluster --test cluster "$@" -- --test-threads=1
+fi

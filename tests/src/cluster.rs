@@ -281,8 +281,21 @@ impl Cluster {
                 for (id, _) in &roles {
                     let log = self.log(*id);
                     let tail = &log[log.len().saturating_sub(15)..];
+                    // R running, S sleeping, Z exited and not yet reaped.
+                    let state = self
+                        .node(*id)
+                        .process
+                        .as_ref()
+                        .and_then(|p| {
+                            std::fs::read_to_string(format!("/proc/{}/stat", p.process.pid)).ok()
+                        })
+                        .and_then(|stat| {
+                            let (_, rest) = stat.rsplit_once(") ")?;
+                            rest.split(' ').next().map(str::to_string)
+                        })
+                        .unwrap_or_else(|| "gone".into());
                     logs.push_str(&format!(
-                        "\n--- node {id}, last lines:\n{}",
+                        "\n--- node {id} (process state {state}), last lines:\n{}",
                         tail.join("\n")
                     ));
                 }
