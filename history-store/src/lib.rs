@@ -123,8 +123,9 @@ impl HistoryStore {
     }
 
     /// Records that `[from, until)` has no tick. Gaps of the same reason that it overlaps or
-    /// touches become one.
-    pub async fn record_gap(&self, gap: Gap) -> Result<(), StoreError> {
+    /// touches become one. Returns the gap as it now stands in the store (reaching over the gaps
+    /// it joined), or `None` for an empty span.
+    pub async fn record_gap(&self, gap: Gap) -> Result<Option<Gap>, StoreError> {
         self.blocking(move |s| s.connections.write(|tx| write::record_gap(tx, gap)))
             .await
     }
@@ -144,6 +145,7 @@ impl HistoryStore {
             reason,
         })
         .await
+        .map(drop)
     }
 
     /// Makes a stretch of history what another node holds there, in one transaction: inside

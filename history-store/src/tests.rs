@@ -176,7 +176,8 @@ async fn gaps_of_one_reason_that_touch_become_one() {
     ] {
         store.record_gap(g).await.unwrap();
     }
-    store
+    // The answer is the gap as it now stands, reaching over the ones it joined.
+    let recorded = store
         .record_gap(gap(
             "2026-11-24T00:00:05Z",
             "2026-11-24T00:00:10Z",
@@ -184,6 +185,14 @@ async fn gaps_of_one_reason_that_touch_become_one() {
         ))
         .await
         .unwrap();
+    assert_eq!(
+        recorded,
+        Some(gap(
+            "2026-11-24T00:00:00Z",
+            "2026-11-24T00:00:15Z",
+            PublisherDown
+        ))
+    );
     let t0 = at("2026-11-24T00:00:00Z");
     assert_eq!(
         gaps(&store, &[Currency::EUR], t0).await,
@@ -205,7 +214,7 @@ async fn gaps_of_one_reason_that_touch_become_one() {
             ),
         ]
     );
-    store
+    let recorded = store
         .record_gap(gap(
             "2026-11-24T00:00:12Z",
             "2026-11-24T00:00:21Z",
@@ -213,6 +222,14 @@ async fn gaps_of_one_reason_that_touch_become_one() {
         ))
         .await
         .unwrap();
+    assert_eq!(
+        recorded,
+        Some(gap(
+            "2026-11-24T00:00:00Z",
+            "2026-11-24T00:00:25Z",
+            PublisherDown
+        ))
+    );
     assert_eq!(
         gaps(&store, &[Currency::EUR], t0).await,
         vec![

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use rusqlite::{Transaction, params};
-use ticks::{Gap, Tick};
+use ticks::{Gap, Tick, Timedate};
 
 use crate::error::StoreError;
 use crate::feed_info::FeedInfo;
@@ -32,10 +32,11 @@ pub(crate) fn insert_ticks(
 }
 
 /// Records that `[from, until)` has no tick. Gaps of the same reason that it overlaps or touches
-/// become one: an outage is one gap however many slots it was recorded in.
-pub(crate) fn record_gap(tx: &Transaction<'_>, gap: Gap) -> Result<(), StoreError> {
+/// become one: an outage is one gap however many slots it was recorded in. Returns the gap as it
+/// now stands (`None` for an empty span, which records nothing).
+pub(crate) fn record_gap(tx: &Transaction<'_>, gap: Gap) -> Result<Option<Gap>, StoreError> {
     if gap.until <= gap.from {
-        return Ok(());
+        return Ok(None);
     }
     let currency = gap.currency.numeric();
     let reason = gap.reason.as_str();
@@ -67,7 +68,12 @@ pub(crate) fn record_gap(tx: &Transaction<'_>, gap: Gap) -> Result<(), StoreErro
          ON CONFLICT (currency, start_ts) DO UPDATE SET end_ts = max(end_ts, excluded.end_ts)",
     )?
     .execute(params![currency, from, until, reason])?;
-    Ok(())
+    let corrupt = || StoreError::Corrupt(format!("gap {from}..{until} {reason:?}"));
+    Ok(Some(Gap {
+        from: Timedate::from_unix_millis(from).ok_or_else(corrupt)?,
+        until: Timedate::from_unix_millis(until).ok_or_else(corrupt)?,
+        ..gap
+    }))
 }
 
 /// Makes `[from, until)` of one currency hold what the stretch holds. See

@@ -170,7 +170,9 @@ impl Recorder {
                     FeedEvent::Tick(tick) => {
                         self.store.insert_tick(tick).await?;
                     }
-                    FeedEvent::Gap(gap) => self.store.record_gap(gap).await?,
+                    FeedEvent::Gap(gap) => {
+                        self.store.record_gap(gap).await?;
+                    }
                     FeedEvent::Live => {
                         self.caught_up.send_replace(true);
                     }

@@ -166,7 +166,6 @@ impl<S: Sampler> SlotLoop<S> {
             node: self.node,
         };
         let mut announced: Option<FeedStatus> = None;
-        let mut gaps = OpenGaps::default();
         let mut active = false;
         let mut processed = 0;
         loop {
@@ -180,7 +179,7 @@ impl<S: Sampler> SlotLoop<S> {
                     self.sink.set_active(false);
                     tracing::warn!(slot = %slot, node = ?self.node, "no longer the publishing node");
                 }
-                slot = self.next_slot(slot, &mut gaps, false).await;
+                slot = self.next_slot(slot, false).await;
                 continue;
             }
             if !active {
@@ -188,7 +187,7 @@ impl<S: Sampler> SlotLoop<S> {
                 // publisher. A new status is announced, this node's.
                 active = true;
                 self.sink.set_active(true);
-                self.record_downtime(slot, &mut gaps).await;
+                self.record_downtime(slot).await;
                 announced = None;
                 status.missing_since.clear();
                 if let Some(node) = self.node {
@@ -205,10 +204,10 @@ impl<S: Sampler> SlotLoop<S> {
                 && !gate.confirm().await
             {
                 tracing::warn!(slot = %slot, "lost the election while sampling; this slot is not ours");
-                slot = self.next_slot(slot, &mut gaps, false).await;
+                slot = self.next_slot(slot, false).await;
                 continue;
             }
-            self.settle(slot, sample, &mut status, &mut gaps).await;
+            self.settle(slot, sample, &mut status).await;
             processed += 1;
             // Announce changes of state only: a status per slot would be noise on a retained topic.
             let changed = announced
@@ -218,19 +217,19 @@ impl<S: Sampler> SlotLoop<S> {
                 self.sink.publish_status(&status);
                 announced = Some(status.clone());
             }
-            slot = self.next_slot(slot, &mut gaps, true).await;
+            slot = self.next_slot(slot, true).await;
         }
     }
 
     /// The slot after `slot`, or, if the process fell behind the grid (suspended, overloaded), the
     /// one due now, the skipped ones recorded as a gap when this node publishes.
-    async fn next_slot(&self, slot: Timedate, gaps: &mut OpenGaps, publishing: bool) -> Timedate {
+    async fn next_slot(&self, slot: Timedate, publishing: bool) -> Timedate {
         let next = slot.next(self.interval);
         let due = self.interval.slot_at_or_after(self.clock.now());
         if due > next && publishing {
             tracing::warn!(from = %next, until = %due, "fell behind the slot grid; skipping slots");
             for currency in &self.currencies {
-                self.record_gap(*currency, next, due, GapReason::PublisherDown, gaps)
+                self.record_gap(*currency, next, due, GapReason::PublisherDown)
                     .await;
             }
         }
@@ -238,13 +237,7 @@ impl<S: Sampler> SlotLoop<S> {
     }
 
     /// Stores and publishes the ticks of one slot, records the currencies that got none.
-    async fn settle(
-        &self,
-        slot: Timedate,
-        sample: Sample,
-        status: &mut FeedStatus,
-        gaps: &mut OpenGaps,
-    ) {
+    async fn settle(&self, slot: Timedate, sample: Sample, status: &mut FeedStatus) {
         for failure in &sample.failures {
             self.metrics
                 .source_error(failure.source.name(), failure.error.kind());
@@ -259,7 +252,6 @@ impl<S: Sampler> SlotLoop<S> {
                     slot,
                     slot.next(self.interval),
                     GapReason::SourcesUnavailable,
-                    gaps,
                 )
                 .await;
                 status.missing_since.entry(currency).or_insert(slot);
@@ -287,7 +279,6 @@ impl<S: Sampler> SlotLoop<S> {
                         slot,
                         slot.next(self.interval),
                         GapReason::StoreUnavailable,
-                        gaps,
                     )
                     .await;
                     status.missing_since.entry(currency).or_insert(slot);
@@ -303,13 +294,13 @@ impl<S: Sampler> SlotLoop<S> {
     }
 
     /// On starting to publish: the slots between the last stored tick and now had no publisher.
-    async fn record_downtime(&self, first_slot: Timedate, gaps: &mut OpenGaps) {
+    async fn record_downtime(&self, first_slot: Timedate) {
         for &currency in &self.currencies {
             match self.store.latest(currency).await {
                 Ok(Some(last)) if last.timedate.next(self.interval) < first_slot => {
                     let from = self.interval.slot_of(last.timedate).next(self.interval);
                     tracing::info!(currency = %currency, from = %from, until = %first_slot, "recording the downtime since the last tick as a gap");
-                    self.record_gap(currency, from, first_slot, GapReason::PublisherDown, gaps)
+                    self.record_gap(currency, from, first_slot, GapReason::PublisherDown)
                         .await;
                 }
                 Ok(_) => {}
@@ -320,15 +311,14 @@ impl<S: Sampler> SlotLoop<S> {
         }
     }
 
-    /// Records a gap and publishes it as far as it reaches: a gap that continues the last one of
-    /// its currency (same reason, starting where it ended) is published with that one's start.
+    /// Records a gap and publishes it as the store now holds it: a gap that continues an earlier
+    /// one of its currency (same reason, touching) is published with that one's start.
     async fn record_gap(
         &self,
         currency: Currency,
         from: Timedate,
         until: Timedate,
         reason: GapReason,
-        gaps: &mut OpenGaps,
     ) {
         let gap = Gap {
             currency,
@@ -336,34 +326,12 @@ impl<S: Sampler> SlotLoop<S> {
             until,
             reason,
         };
-        if let Err(e) = self.store.record_gap(gap).await {
-            tracing::error!(currency = %currency, from = %from, until = %until, error = %e, "cannot record a gap");
-            return;
-        }
-        self.sink.publish_gap(&gaps.extend(gap));
-    }
-}
-
-/// The last gap recorded per currency, so that a gap growing slot by slot is published with the
-/// start it has in the store.
-#[derive(Default)]
-struct OpenGaps(BTreeMap<Currency, Gap>);
-
-impl OpenGaps {
-    fn extend(&mut self, gap: Gap) -> Gap {
-        let merged = match self.0.get(&gap.currency) {
-            Some(open)
-                if open.reason == gap.reason && open.from <= gap.from && gap.from <= open.until =>
-            {
-                Gap {
-                    from: open.from,
-                    until: open.until.max(gap.until),
-                    ..gap
-                }
+        match self.store.record_gap(gap).await {
+            Ok(Some(recorded)) => self.sink.publish_gap(&recorded),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(currency = %currency, from = %from, until = %until, error = %e, "cannot record a gap")
             }
-            _ => gap,
-        };
-        self.0.insert(gap.currency, merged);
-        merged
+        }
     }
 }
