@@ -284,9 +284,7 @@ impl Feed {
                     LinkOptions {
                         brokers: vec![broker_url.clone()],
                         credentials: credentials.clone(),
-                        // Unguessable: an anonymous client connecting with the publisher's client
-                        // id would take its session over and knock it off the broker, over and over.
-                        client_id: format!("pricefeed-publisher-{:016x}", fastrand::u64(..)),
+                        client_id: "pricefeed-publisher".into(),
                         will: Some((
                             ticks::STATUS_TOPIC.to_string(),
                             FeedStatus::offline(config.interval, demo).to_json(),

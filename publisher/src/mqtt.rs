@@ -36,6 +36,7 @@ pub struct LinkOptions {
     /// Tried in turn: after a failed or lost connection, the next one.
     pub brokers: Vec<BrokerUrl>,
     pub credentials: Credentials,
+    /// The start of the client id: each attempt connects as `<client_id>-<16 random hex digits>`.
     pub client_id: String,
     /// Published retained on this topic by the broker if we vanish without a clean disconnect.
     pub will: Option<(String, String)>,
@@ -44,10 +45,12 @@ pub struct LinkOptions {
 impl LinkOptions {
     fn mqtt_options(&self, attempt: usize) -> MqttOptions {
         let url = &self.brokers[attempt % self.brokers.len()];
-        // A new id on every attempt: a clustered broker reconnected to under the old id goes
-        // looking for the old session on the node that held it (dead, when that is why we
-        // reconnect), and may end it with its will, about a client that is alive.
-        let client_id = format!("{}-{:08x}", self.client_id, fastrand::u32(..));
+        // Unguessable: an anonymous client connecting with our id would take the session over and
+        // knock us off the broker, over and over. New on every attempt: a clustered broker
+        // reconnected to under the old id goes looking for the old session on the node that held
+        // it (dead, when that is why we reconnect), and may end it with its will, about a client
+        // that is alive.
+        let client_id = format!("{}-{:016x}", self.client_id, fastrand::u64(..));
         let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
         opts.set_credentials(
             self.credentials.username.clone(),
