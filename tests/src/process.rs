@@ -243,6 +243,24 @@ pub async fn run_command(
     )
 }
 
+/// Runs `program` with `args`, which it must refuse at start-up: exit status 2, no panic, and one
+/// error line (logs may precede it) prefixed with the program's name and containing `needle`.
+pub async fn assert_refused(program: &str, args: &[&str], needle: &str, within: Duration) {
+    let (status, _, stderr) = run_command(program, args, within).await;
+    assert_eq!(status.code(), Some(2), "{args:?} exits with 2: {stderr}");
+    let name = Path::new(program)
+        .file_name()
+        .map_or(program.into(), |n| n.to_string_lossy());
+    let prefix = format!("{name}: ");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(errors.len(), 1, "{args:?}: one error line in {stderr:?}");
+    assert!(
+        errors[0].contains(needle),
+        "{args:?}: {needle:?} not in {stderr:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
 /// Runs a command to completion with a time limit and returns its stdout; a non-zero exit is an
 /// error carrying its stderr.
 pub async fn command_stdout(

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use testkit::{Cluster, Process, Received, TickSubscriber, run_command, wait_until};
+use testkit::{
+    Cluster, Process, Received, TickSubscriber, assert_refused, run_command, wait_until,
+};
 use ticks::{Currency, Tick, Timedate};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -776,14 +778,7 @@ async fn a_misconfigured_node_says_what_to_fix_in_one_line() {
     ];
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (status, _, stderr) = run_command(bin, &args, WAIT).await;
-        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("pricefeed: "))
-            .collect();
-        assert_eq!(errors.len(), 1, "{args:?}: one error line in {stderr}");
-        assert!(errors[0].contains(needle), "{needle:?} not in {stderr}");
+        assert_refused(bin, &args, needle, WAIT).await;
     }
     drop(taken);
 }
