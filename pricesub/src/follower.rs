@@ -390,7 +390,7 @@ impl Follower {
             if tick.timedate > due {
                 // The broker skipped something (or the publisher could not publish it live):
                 // history has it, or knows why not.
-                let from = Timedate::from_unix_millis(last.unix_millis() + 1).unwrap_or(last);
+                let from = last.saturating_add(Duration::from_millis(1));
                 let needed = BTreeMap::from([(tick.currency, tick.timedate)]);
                 let mut tries = 0;
                 let fetched = loop {

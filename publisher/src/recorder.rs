@@ -82,7 +82,7 @@ pub async fn catch_up(store: &HistoryStore, peers: &HistoryClient) -> Result<usi
 
 /// The instant just after `t`: the end of a stretch that includes a tick at `t`.
 fn after(t: Timedate) -> Timedate {
-    Timedate::from_unix_millis(t.unix_millis() + 1).unwrap_or(t)
+    t.saturating_add(Duration::from_millis(1))
 }
 
 /// Records what the cluster publishes into this node's store.
