@@ -176,21 +176,8 @@ impl HistoryClient {
         currencies: &[Currency],
         since: Timedate,
     ) -> Result<Backfill, HistoryError> {
-        let mut last_err = None;
-        let n = self.bases.len();
-        for i in 0..n {
-            let base = &self.bases[(first + i) % n];
-            match self.fetch_from(base, currencies, since).await {
-                Ok(b) => return Ok(b),
-                // A refusal is about our request, not the server: another replica will agree.
-                Err(e @ HistoryError::Refused { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::debug!(server = %base, error = %e, "history server failed; trying the next");
-                    last_err = Some(e);
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| HistoryError::Unavailable("no --history URL".into())))
+        self.first_answer(first, |base| self.fetch_from(base, currencies, since))
+            .await
     }
 
     /// One page of at most `limit` ticks from `since`, from the first server that answers.
@@ -200,15 +187,37 @@ impl HistoryClient {
         since: Timedate,
         limit: usize,
     ) -> Result<HistoryPage, HistoryError> {
-        let mut last_err = None;
-        for base in &self.bases {
-            match self
+        self.first_answer(0, |base| async move {
+            let page = self
                 .get_page(base, currencies, Start::Since(since), limit)
-                .await
-            {
-                Ok(page) => return Ok(page.into()),
+                .await?;
+            Ok(page.into())
+        })
+        .await
+    }
+
+    /// `ask`'s answer from the servers in turn, from number `first` (modulo their count), until
+    /// one answers. A refusal ends it at once: it is about our request, and another replica
+    /// would agree.
+    async fn first_answer<'a, T, Fut>(
+        &'a self,
+        first: usize,
+        ask: impl Fn(&'a str) -> Fut,
+    ) -> Result<T, HistoryError>
+    where
+        Fut: Future<Output = Result<T, HistoryError>> + 'a,
+    {
+        let mut last_err = None;
+        let n = self.bases.len();
+        for i in 0..n {
+            let base = self.bases[(first + i) % n].as_str();
+            match ask(base).await {
+                Ok(answer) => return Ok(answer),
                 Err(e @ HistoryError::Refused { .. }) => return Err(e),
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    tracing::debug!(server = %base, error = %e, "history server failed; trying the next");
+                    last_err = Some(e);
+                }
             }
         }
         Err(last_err.unwrap_or_else(|| HistoryError::Unavailable("no --history URL".into())))
