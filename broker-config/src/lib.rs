@@ -95,11 +95,11 @@ impl Credentials {
     }
 }
 
-/// The topics only the publisher may publish to: every tick topic, the status, the gaps, and
-/// (as a filter) the nodes' liveness.
+/// The topics only the publisher may publish to: every tick topic and every service topic (the
+/// status, the gaps, and, as a filter, the nodes' liveness).
 pub fn publisher_topics() -> Vec<&'static str> {
     let mut topics: Vec<&'static str> = ticks::Currency::ALL.iter().map(|c| c.topic()).collect();
-    topics.extend([ticks::STATUS_TOPIC, ticks::GAPS_TOPIC, ticks::NODES_FILTER]);
+    topics.extend(public_service_topics());
     topics
 }
 
