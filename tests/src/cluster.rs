@@ -280,8 +280,6 @@ impl Cluster {
                 let mut logs = String::new();
                 for (id, _) in &roles {
                     let log = self.log(*id);
-                    let tail = &log[log.len().saturating_sub(15)..];
-                    // R running, S sleeping, Z exited and not yet reaped.
                     let state = self
                         .node(*id)
                         .process
@@ -294,6 +292,14 @@ impl Cluster {
                             rest.split(' ').next().map(str::to_string)
                         })
                         .unwrap_or_else(|| "gone".into());
+                    // A node that ended (Z: exited, not yet reaped) says why before its backtrace:
+                    // its whole log; of a running one, the end.
+                    let keep = if state == "Z" || state == "gone" {
+                        200
+                    } else {
+                        15
+                    };
+                    let tail = &log[log.len().saturating_sub(keep)..];
                     logs.push_str(&format!(
                         "\n--- node {id} (process state {state}), last lines:\n{}",
                         tail.join("\n")
