@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::feed::FeedProcess;
 use crate::fixtures::FixtureServer;
-use crate::process::{bin_dir, free_port, run_command};
+use crate::process::{bin_dir, free_port_below_ephemeral, run_command};
 use crate::proxy::Proxy;
 
 /// The publisher password every node of a test cluster shares.
@@ -73,11 +73,14 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for id in 1..=n {
-            let (raft, grpc) = (free_port(), free_port());
+            // Every port a node binds, some late (raft and gRPC after joining), and all again
+            // when it restarts: none may be handed meanwhile to an outgoing connection.
+            let port = free_port_below_ephemeral;
+            let (raft, grpc) = (port(), port());
             nodes.push(Node {
                 id,
-                mqtt: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                mqtt: SocketAddr::from(([127, 0, 0, 1], port())),
+                http: SocketAddr::from(([127, 0, 0, 1], port())),
                 db: dir.path().join(format!("node{id}.db")),
                 source: FixtureServer::kraken().await,
                 raft,

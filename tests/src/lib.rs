@@ -28,8 +28,8 @@ pub use feed::{FeedProcess, HistoryProcess};
 pub use fixtures::{FixtureServer, Mode, fixture};
 pub use mosquitto::Mosquitto;
 pub use process::{
-    Process, assert_refused, bin_dir, binary, binary_in, command_stdout, free_port, have,
-    log_field, run_command, wait_listening, which,
+    Process, assert_refused, bin_dir, binary, binary_in, command_stdout, free_port,
+    free_port_below_ephemeral, have, log_field, run_command, wait_listening, which,
 };
 pub use proxy::Proxy;
 pub use subscriber::{Received, TickSubscriber};

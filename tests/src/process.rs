@@ -67,6 +67,27 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A port that was free a moment ago, below the range the kernel takes the local ports of outgoing
+/// connections from (`ip_local_port_range`): for a program that binds it seconds after it was
+/// picked, or again after a restart. A port from [`free_port`] is in that range, and any
+/// connection opened meanwhile (a peer, curl) may be given it as its own local port; a cluster
+/// node's raft then failed to bind with "Address already in use".
+pub fn free_port_below_ephemeral() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 11_000 {
+        for _ in 0..1000 {
+            let port = fastrand::u16(10_000..low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    free_port()
+}
+
 /// Waits until something accepts TCP connections on 127.0.0.1:`port`.
 pub async fn wait_listening(port: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
