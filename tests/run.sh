@@ -33,10 +33,11 @@ cargo test --workspace --locked "$@"
 # Cluster mode: the `cluster` build of pricefeed (target/…/pricefeed is now that one), then the
 # tests that start three of it.
 cargo build --locked -p publisher --features cluster --bin pricefeed
-# A cluster test that fails is run once more, and says so (nextest prints it as FLAKY): in two of
-# the full runs of this suite on the shared 2-core machine, both while other heavy work ran beside
-# it, a restarted node did not settle within 90 s (not reproduced in 13 runs of those tests since,
-# with CPU hogs or three clusters at once). Where cargo-nextest is missing, no retry.
+# A cluster test that fails is run once more, and says so (nextest prints it as FLAKY): three
+# raft nodes per test on a shared 2-core machine. The one cause seen so far, a node's raft port
+# handed to an outgoing connection before the node bound it, is fixed in the test kit (node ports
+# below the ephemeral range); a FLAKY line means another cause, and its log says which. Where
+# cargo-nextest is missing, no retry.
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked -p pricefeed-tests --features cluster --test cluster \
         --retries 1 --test-threads 1 --no-tests fail "$@"
