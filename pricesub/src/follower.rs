@@ -134,6 +134,9 @@ impl Follower {
         let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_clean_session(true);
+        if let Some((user, password)) = &self.config.credentials {
+            opts.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 16);
         let mut buffer: Vec<Live> = Vec::new();
 
@@ -382,15 +385,27 @@ impl Follower {
         if last.is_some_and(|last| tick.timedate <= last) {
             return true;
         }
-        if let (Some(last), Some(interval)) = (last, self.interval) {
+        // Where this currency's stream stands: after the last tick delivered, or, before any, at
+        // the start asked for (a backfill that came back without this currency's newest ticks,
+        // from a replica that stayed behind for all its tries, must not let the first live tick
+        // jump over them).
+        let start = match last {
+            Some(last) => self
+                .interval
+                .map(|i| (last.saturating_add(Duration::from_millis(1)), last.next(i))),
+            None => self
+                .resume_from
+                .zip(self.interval)
+                .map(|(from, i)| (from, i.slot_at_or_after(from))),
+        };
+        if let Some((from, next)) = start {
             let due = self
                 .covered_until
                 .get(&tick.currency)
-                .map_or(last.next(interval), |&c| c.max(last.next(interval)));
+                .map_or(next, |&c| c.max(next));
             if tick.timedate > due {
                 // The broker skipped something (or the publisher could not publish it live):
                 // history has it, or knows why not.
-                let from = last.saturating_add(Duration::from_millis(1));
                 let needed = BTreeMap::from([(tick.currency, tick.timedate)]);
                 let mut tries = 0;
                 let fetched = loop {
@@ -408,6 +423,10 @@ impl Follower {
                 };
                 match fetched {
                     Ok(mut b) => {
+                        if !covers(&b, from, &needed) {
+                            tracing::warn!(currency = %tick.currency, from = %from, until = %tick.timedate,
+                                "history did not catch up with the broker in time; ticks before this one may be missing");
+                        }
                         for ticks in b.ticks.values_mut() {
                             ticks.retain(|t| t.timedate < tick.timedate);
                         }

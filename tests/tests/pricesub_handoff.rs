@@ -86,3 +86,66 @@ async fn an_unreachable_history_server_is_an_error_not_a_stall() {
     );
     feed.stop().await;
 }
+
+/// A history server that is behind its broker: its first `behind` answers have the real answer's
+/// ticks taken out (a replica whose recorder has not stored them yet), then it answers truly.
+/// Counted in requests, not time, so that the test does not depend on the machine's speed.
+async fn lagging_history(real: std::net::SocketAddr, behind: usize) -> std::net::SocketAddr {
+    use axum::extract::RawQuery;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/v1/ticks",
+        axum::routing::get(move |RawQuery(query): RawQuery| {
+            let answered = answered.clone();
+            async move {
+                let path = format!("/v1/ticks?{}", query.unwrap_or_default());
+                let mut page: serde_json::Value =
+                    serde_json::from_str(&http_get(real, &path).await).unwrap();
+                if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < behind {
+                    for ticks in page["ticks"].as_object_mut().unwrap().values_mut() {
+                        *ticks = serde_json::json!([]);
+                    }
+                    page.as_object_mut().unwrap().remove("next_cursor");
+                }
+                axum::Json(page)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// One HTTP/1.0 GET; the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_for_every_backfill_try_still_loses_nothing() {
+    let feed = TestFeed::embedded().await;
+    let since = feed.started;
+    feed.wait_for_tick_at(since.saturating_add(Duration::from_millis(1000)))
+        .await;
+    // Behind for as many answers as the backfill asks (20): whether the backfill gives up after
+    // all of them or accepts the first (no live tick buffered yet to compare with), the first
+    // live tick must not jump over the ticks from `since` on, which history then holds.
+    let history = lagging_history(feed.http, 20).await;
+    let mut sub = subscribe(subscriber(feed.mqtt, history, Some(since))).unwrap();
+    let mut delivered = Delivered::default();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until, sub.next()).await {
+        delivered.push(event.unwrap());
+    }
+    assert!(delivered.count() > 30, "{} ticks", delivered.count());
+    assert_matches_history(&feed, since, &delivered, "behind for 20 answers").await;
+    feed.stop().await;
+}
