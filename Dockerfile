@@ -1,11 +1,13 @@
-# pricefeed with cluster mode, for docker-compose.yml (three nodes behind HAProxy) or on its own.
+# pricefeed with both ways of running several nodes (cluster mode, and nodes on your own broker
+# elected with etcd), for docker-compose.yml (three nodes behind HAProxy, or profile `external`:
+# three on Mosquitto with etcd) or on its own.
 #
 #   docker build -t pricefeed .
 #   docker run -p 1883:1883 -p 8080:8080 pricefeed        # one node, embedded broker
 #
-# The build stage needs protoc for the cluster feature (Debian's protobuf-compiler); the runtime
-# image has the binaries, CA certificates (the price sources are HTTPS), curl for the health
-# check, and nothing else.
+# The build stage needs protoc for the cluster and etcd features (Debian's protobuf-compiler);
+# the runtime image has the binaries, CA certificates (the price sources are HTTPS), curl for the
+# health check, and nothing else.
 
 FROM rust:1.95-slim-bookworm AS build
 RUN apt-get update \
@@ -13,7 +15,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --features publisher/cluster \
+RUN cargo build --release --locked --features publisher/cluster,publisher/etcd \
         --bin pricefeed --bin history-api --bin pricesub \
     && cp target/release/pricefeed target/release/history-api target/release/pricesub /usr/local/bin/
 

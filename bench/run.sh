@@ -69,7 +69,7 @@ fi
 # The cluster build of pricefeed, kept beside the default one as pricefeed-cluster (the failover
 # and cluster scenarios run it); then the default build, which puts the default pricefeed back.
 if wanted failover || wanted cluster; then
-    cargo build "${profile[@]}" --locked -p publisher --features cluster --bin pricefeed
+    cargo build "${profile[@]}" --locked -p publisher --features cluster,etcd --bin pricefeed
     cp "$bin/pricefeed" "$bin/pricefeed-cluster"
 fi
 cargo build "${profile[@]}" --locked --workspace --bins

@@ -21,10 +21,18 @@ pub fn acl_file() -> String {
     for topic in public_service_topics() {
         let _ = writeln!(acl, "topic read {topic}");
     }
-    let _ = writeln!(acl, "\n# Only the publisher writes prices.");
+    let _ = writeln!(
+        acl,
+        "\n# Only the publisher writes prices. It reads what anonymous clients read: a node's\n\
+         # recorder subscribes with the publisher's credentials."
+    );
     let _ = writeln!(acl, "user {PUBLISHER_USER}");
     for topic in publisher_topics() {
         let _ = writeln!(acl, "topic write {topic}");
+    }
+    let _ = writeln!(acl, "topic read {TICKS_FILTER}");
+    for topic in public_service_topics() {
+        let _ = writeln!(acl, "topic read {topic}");
     }
     acl
 }
@@ -84,5 +92,9 @@ mod tests {
         assert!(publisher.contains("topic write pricefeed/gaps\n"));
         assert!(publisher.contains("topic write pricefeed/nodes/+\n"));
         assert!(anonymous.contains("topic read pricefeed/gaps\n"));
+        assert!(
+            publisher.contains("topic read btc/#\n"),
+            "the recorder reads"
+        );
     }
 }

@@ -19,6 +19,8 @@ pub struct SubscriberConfig {
     pub history_timeout: Duration,
     /// MQTT client id prefix; a random suffix keeps two subscribers from taking over each other.
     pub client_id: String,
+    /// User name and password, for a broker that does not let anonymous clients read.
+    pub credentials: Option<(String, String)>,
 }
 
 /// The history API's port in a single-node deployment, where it runs beside the broker.
@@ -42,6 +44,7 @@ impl SubscriberConfig {
             since: None,
             history_timeout: DEFAULT_HISTORY_TIMEOUT,
             client_id: "pricesub".into(),
+            credentials: None,
         }
     }
 }

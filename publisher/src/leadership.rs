@@ -3,7 +3,8 @@
 //!
 //! The single node needs none of this (it always publishes). In a cluster exactly one node must
 //! publish each slot, and the choice belongs to an existing election engine, never to us: the
-//! embedded brokers' raft cluster ([`RaftLeadership`]), or etcd for nodes on an operator's broker.
+//! embedded brokers' raft cluster ([`RaftLeadership`]), or etcd for nodes on an operator's broker
+//! (`crate::etcd`, with the cargo feature `etcd`).
 //! Elections have no change events we can rely on, so the gate polls: a node becomes active only
 //! after several answers in a row say it leads (a peer's reachability lags reality by seconds, and
 //! a deposed leader must have stepped down before its successor starts), and stops at the first
@@ -18,10 +19,31 @@ use ticks::NodeRole;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// A future an election answers with.
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// An election this node takes part in.
 pub trait Leadership: Send + Sync + 'static {
     /// Whether this node may publish now, asked afresh (no cached answer).
-    fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    fn check(&self) -> Answer<'_, bool>;
+
+    /// The node that leads, as far as this node knows (its history is asked first).
+    fn leader(&self) -> Answer<'_, Option<u64>>;
+
+    /// On shutdown: whether another node can take over once this one is gone.
+    fn others_can_take_over(&self) -> Answer<'_, bool>;
+
+    /// On shutdown, after the last slot: gives up leadership (and any place in the election) so
+    /// that the next node takes over at once.
+    fn resign(&self) -> Answer<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// How many answers in a row must say "leader" before the node publishes. An election whose
+    /// deposed leader may not know it yet needs several; one that fences its leader needs one.
+    fn confirmations(&self) -> u32 {
+        ACTIVATE_AFTER
+    }
 }
 
 /// The embedded brokers' raft cluster: this node leads, and reaches a majority of the configured
@@ -37,8 +59,19 @@ impl RaftLeadership {
 }
 
 impl Leadership for RaftLeadership {
-    fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    fn check(&self) -> Answer<'_, bool> {
         Box::pin(async move { self.cluster.status().await.leads_a_majority() })
+    }
+
+    fn leader(&self) -> Answer<'_, Option<u64>> {
+        Box::pin(async move { self.cluster.status().await.leader_id })
+    }
+
+    fn others_can_take_over(&self) -> Answer<'_, bool> {
+        // Without this node, do the others still make a majority?
+        Box::pin(async move {
+            self.cluster.status().await.peers_available >= self.cluster.config().majority()
+        })
     }
 }
 
@@ -47,7 +80,8 @@ pub type Role = NodeRole;
 
 /// How often the election is asked.
 pub const POLL: Duration = Duration::from_millis(250);
-/// Answers in a row that say "leader" before a node starts publishing.
+/// Answers in a row that say "leader" before a node starts publishing, unless the election says
+/// otherwise ([`Leadership::confirmations`]).
 pub const ACTIVATE_AFTER: u32 = 4;
 
 /// The node's role, kept current by a task that polls the election. Cheap to clone.
@@ -67,6 +101,7 @@ impl Gate {
     ) -> Gate {
         let (tx, role) = watch::channel(Role::CatchingUp);
         let election = leadership.clone();
+        let confirmations = leadership.confirmations().max(1);
         tokio::spawn(async move {
             let mut leading = 0u32;
             loop {
@@ -74,7 +109,7 @@ impl Gate {
                 leading = if leads { leading.saturating_add(1) } else { 0 };
                 let role = if !*caught_up.borrow() {
                     Role::CatchingUp
-                } else if leading >= ACTIVATE_AFTER {
+                } else if leading >= confirmations {
                     Role::Active
                 } else {
                     Role::Standby
@@ -111,6 +146,11 @@ impl Gate {
     pub async fn confirm(&self) -> bool {
         self.role() == Role::Active && self.leadership.check().await
     }
+
+    /// The election this gate polls.
+    pub fn leadership(&self) -> &Arc<dyn Leadership> {
+        &self.leadership
+    }
 }
 
 #[cfg(test)]
@@ -122,8 +162,16 @@ mod tests {
     struct Scripted(AtomicBool);
 
     impl Leadership for Scripted {
-        fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        fn check(&self) -> Answer<'_, bool> {
             Box::pin(async move { self.0.load(Ordering::SeqCst) })
+        }
+
+        fn leader(&self) -> Answer<'_, Option<u64>> {
+            Box::pin(async { None })
+        }
+
+        fn others_can_take_over(&self) -> Answer<'_, bool> {
+            Box::pin(async { true })
         }
     }
 

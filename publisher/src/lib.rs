@@ -14,11 +14,13 @@
 //!   that turns its answers into the node's role.
 //! - [`recorder`]: a cluster node's history: catch up from a peer, then record what is published.
 //! - [`cluster`]: a cluster node's settings and the connections it publishes through.
+//! - [`etcd`]: the election of nodes on an operator's broker (the cargo feature `etcd`).
 //! - [`mqtt`]: the publisher's MQTT connection with capped reconnect backoff.
 //! - [`clock`]: the wall clock the grid is read from (the system's, or tokio's paused time in tests).
 
 pub mod clock;
 pub mod cluster;
+pub mod etcd;
 pub mod leadership;
 pub mod mqtt;
 pub mod recorder;
@@ -40,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::WallClock;
 pub use crate::cluster::ClusterSettings;
 use crate::cluster::NodeLinks;
-use crate::leadership::{Gate, RaftLeadership};
+use crate::etcd::EtcdSettings;
+use crate::leadership::{Gate, Leadership, RaftLeadership};
 use crate::mqtt::{LinkOptions, MqttLink};
 use crate::recorder::Recorder;
 use crate::slot_loop::{FeedStatus, SlotLoop, TickSink};
@@ -55,8 +58,8 @@ const RECORDER_HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 enum Sink {
     /// The link, and what stops its reconnect loop.
     Single(Arc<MqttLink>, CancellationToken),
-    /// The node's links, and its cluster (asked at shutdown whether another node can take over).
-    Node(Arc<NodeLinks>, ClusterHandle),
+    /// The node's links, and its election (asked at shutdown whether another node can take over).
+    Node(Arc<NodeLinks>, Arc<dyn Leadership>),
 }
 
 impl Sink {
@@ -98,6 +101,34 @@ pub struct Config {
     pub clock: WallClock,
     /// Run as a node of a cluster of embedded brokers (needs the cargo feature `cluster`).
     pub cluster: Option<ClusterSettings>,
+    /// Run as one of several nodes on an external broker, elected with etcd (needs the cargo
+    /// feature `etcd`).
+    pub elected: Option<ElectedSettings>,
+}
+
+/// A node of several on an operator's broker: one publishes at a time, elected with etcd; every
+/// node records what is published and serves the whole history.
+#[derive(Debug, Clone)]
+pub struct ElectedSettings {
+    pub node_id: u64,
+    pub etcd: EtcdSettings,
+    /// Every node's history API base URL, by node id (this node's own is not asked).
+    pub history: Vec<(u64, String)>,
+    /// Tests only: the recorder stores each message this long after it arrived.
+    pub recorder_delay: Duration,
+}
+
+/// What a node of several runs on, whichever the election.
+struct NodePlan {
+    node: u64,
+    leadership: Arc<dyn Leadership>,
+    /// The broker it publishes to, and those holding its wills.
+    own: BrokerUrl,
+    peers: Vec<BrokerUrl>,
+    history: Vec<(u64, String)>,
+    recorder_delay: Duration,
+    /// Whether the recorder authenticates (on an operator's broker) or not (the embedded one).
+    recorder_authenticates: bool,
 }
 
 /// A built feed: store open, broker listening, HTTP bound. [`Feed::run`] starts the ticks.
@@ -144,6 +175,24 @@ impl Feed {
             anyhow::bail!(
                 "cluster mode runs the embedded broker on every node; --broker cannot be combined with it"
             );
+        }
+        if let Some(elected) = &config.elected {
+            if config.cluster.is_some() {
+                anyhow::bail!(
+                    "--elect is for nodes on an operator's broker; a cluster of embedded brokers elects with raft"
+                );
+            }
+            if !matches!(config.broker, BrokerMode::External { .. }) {
+                anyhow::bail!(
+                    "--elect needs --broker: nodes elected with etcd publish to an operator's broker"
+                );
+            }
+            elected.etcd.validate().map_err(anyhow::Error::msg)?;
+            if !cfg!(feature = "etcd") {
+                anyhow::bail!(
+                    "this build has no etcd election: build with --features publisher/etcd (needs protoc)"
+                );
+            }
         }
         let store = HistoryStore::open(&config.db)?;
         store
@@ -231,43 +280,33 @@ impl Feed {
             },
         )
         .with_metrics(metrics.clone());
-        let node_id = config.cluster.as_ref().map(|c| c.cluster.node_id);
-        let cluster_handle = broker.as_ref().and_then(|b| b.cluster()).cloned();
-        let (sink, api, gate) = match (&config.cluster, cluster_handle) {
-            (Some(settings), Some(handle)) => {
-                let node = settings.cluster.node_id;
+        let plan = node_plan(&config, &broker, &broker_url, &shutdown).await?;
+        let node_id = plan.as_ref().map(|p| p.node);
+        let (sink, api, gate) = match plan {
+            Some(plan) => {
+                let node = plan.node;
                 let (caught_up_tx, caught_up) = tokio::sync::watch::channel(false);
                 let recorder = Recorder {
                     store: store.clone(),
                     broker: broker_url.clone(),
-                    peers: settings
+                    peers: plan
                         .history
                         .iter()
                         .filter(|(id, _)| *id != node)
                         .cloned()
                         .collect(),
-                    cluster: handle.clone(),
+                    leadership: plan.leadership.clone(),
                     history_timeout: RECORDER_HISTORY_TIMEOUT,
                     caught_up: caught_up_tx,
-                    delay: settings.recorder_delay,
+                    delay: plan.recorder_delay,
+                    credentials: plan.recorder_authenticates.then(|| credentials.clone()),
                 };
                 tokio::spawn(recorder.run(shutdown.clone()));
-                let handle_for_close = handle.clone();
-                let gate = Gate::start(
-                    Arc::new(RaftLeadership::new(handle)),
-                    caught_up,
-                    shutdown.clone(),
-                );
-                let peers = settings
-                    .mqtt
-                    .iter()
-                    .filter(|(id, _)| *id != node)
-                    .map(|(_, url)| url.clone())
-                    .collect();
+                let gate = Gate::start(plan.leadership.clone(), caught_up, shutdown.clone());
                 let links = Arc::new(NodeLinks::start(
                     node,
-                    broker_url.clone(),
-                    peers,
+                    plan.own,
+                    plan.peers,
                     credentials.clone(),
                     config.interval,
                     demo,
@@ -276,9 +315,9 @@ impl Feed {
                 let api = api
                     .with_broker(links.connected())
                     .with_node(node, gate.watch());
-                (Sink::Node(links, handle_for_close), api, Some(gate))
+                (Sink::Node(links, plan.leadership), api, Some(gate))
             }
-            _ => {
+            None => {
                 let link_stop = CancellationToken::new();
                 let link = Arc::new(MqttLink::start(
                     LinkOptions {
@@ -345,10 +384,10 @@ impl Feed {
                     link.close(SHUTDOWN_STEP).await;
                 }
             }
-            Sink::Node(links, cluster) => {
-                // Without this node, do the others still make a majority?
-                let status = cluster.status().await;
-                let last = status.peers_available < cluster.config().majority();
+            Sink::Node(links, leadership) => {
+                let last = !leadership.others_can_take_over().await;
+                // The next node takes over now rather than when this one's lease runs out.
+                leadership.resign().await;
                 if let Ok(links) = Arc::try_unwrap(links) {
                     links.close(last).await;
                 }
@@ -367,5 +406,62 @@ impl Feed {
             .await;
         }
         Ok(())
+    }
+}
+
+/// The election and brokers of a node of several, if this process is one.
+async fn node_plan(
+    config: &Config,
+    broker: &Option<BrokerHandle>,
+    broker_url: &BrokerUrl,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<NodePlan>> {
+    let cluster: Option<ClusterHandle> = broker.as_ref().and_then(|b| b.cluster()).cloned();
+    if let (Some(settings), Some(handle)) = (&config.cluster, cluster) {
+        let node = settings.cluster.node_id;
+        return Ok(Some(NodePlan {
+            node,
+            leadership: Arc::new(RaftLeadership::new(handle)),
+            own: broker_url.clone(),
+            peers: settings
+                .mqtt
+                .iter()
+                .filter(|(id, _)| *id != node)
+                .map(|(_, url)| url.clone())
+                .collect(),
+            history: settings.history.clone(),
+            recorder_delay: settings.recorder_delay,
+            recorder_authenticates: false,
+        }));
+    }
+    let Some(elected) = &config.elected else {
+        return Ok(None);
+    };
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = shutdown;
+        anyhow::bail!(
+            "node {}: this build has no etcd election: build with --features publisher/etcd",
+            elected.node_id
+        )
+    }
+    #[cfg(feature = "etcd")]
+    {
+        let leadership = crate::etcd::EtcdLeadership::start(
+            elected.etcd.clone(),
+            elected.node_id,
+            shutdown.clone(),
+        )
+        .await?;
+        // One broker holds everything, the wills too: it outlives any node.
+        Ok(Some(NodePlan {
+            node: elected.node_id,
+            leadership,
+            own: broker_url.clone(),
+            peers: vec![broker_url.clone()],
+            history: elected.history.clone(),
+            recorder_delay: elected.recorder_delay,
+            recorder_authenticates: true,
+        }))
     }
 }

@@ -10,15 +10,20 @@ use broker_config::{ClusterConfig, NodeAddr};
 use clap::Parser;
 use price_sources::{DEFAULT_CHAIN, SourceConfig, SourceKind};
 use publisher::clock::WallClock;
-use publisher::{BrokerMode, ClusterSettings, Config, Feed};
+use publisher::etcd::{DEFAULT_NAME, EtcdSettings};
+use publisher::{BrokerMode, ClusterSettings, Config, ElectedSettings, Feed};
 use startup::{Fatal, LogFormat, Runtime};
 use ticks::{BrokerUrl, Currency, Interval};
 use tokio_util::sync::CancellationToken;
 
-/// The version, and whether this build has cluster mode.
-#[cfg(feature = "cluster")]
+/// The version, and which of the optional node modes this build has.
+#[cfg(all(feature = "cluster", feature = "etcd"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cluster, etcd)");
+#[cfg(all(feature = "cluster", not(feature = "etcd")))]
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cluster)");
-#[cfg(not(feature = "cluster"))]
+#[cfg(all(not(feature = "cluster"), feature = "etcd"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (etcd)");
+#[cfg(not(any(feature = "cluster", feature = "etcd")))]
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// BTC price feed over MQTT: a tick per currency every interval on btc/USD and btc/EUR, stored in
@@ -79,7 +84,7 @@ struct Cli {
 
     /// Cluster mode: this node's id (1, 2, …). Needs --cluster-grpc, --cluster-raft,
     /// --cluster-mqtt, --cluster-history and --broker-password, and a build with the `cluster`
-    /// feature.
+    /// feature; or, on your own broker, --elect.
     #[arg(long, env = "PRICEFEED_NODE_ID", help_heading = "Cluster")]
     node_id: Option<u64>,
 
@@ -113,7 +118,7 @@ struct Cli {
     cluster_mqtt: Vec<NodeAddr>,
 
     /// Every node's history API, ID@URL (1@http://10.0.0.1:8080), comma-separated: where a node
-    /// fills its history from.
+    /// fills its history from (both kinds of nodes).
     #[arg(
         long,
         env = "PRICEFEED_CLUSTER_HISTORY",
@@ -130,6 +135,21 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_CLUSTER_RAFT_LISTEN", help_heading = "Cluster")]
     cluster_raft_listen: Option<SocketAddr>,
 
+    /// Several nodes on your broker (--broker): the etcd members electing the one that publishes,
+    /// etcd://HOST:PORT,HOST:PORT,… Needs --node-id, --cluster-history and a build with the `etcd`
+    /// feature.
+    #[arg(long, env = "PRICEFEED_ELECT", value_parser = parse_elect, help_heading = "Several nodes on your broker")]
+    elect: Option<EtcdEndpoints>,
+
+    /// The election's name in etcd (a key prefix): one per feed sharing the etcd cluster.
+    #[arg(long, env = "PRICEFEED_ELECT_NAME", default_value = DEFAULT_NAME, help_heading = "Several nodes on your broker")]
+    elect_name: String,
+
+    /// The etcd lease's time to live, whole seconds: a leader that vanished is replaced after
+    /// this; one cut off from etcd stops publishing a sixth of it earlier.
+    #[arg(long, env = "PRICEFEED_ELECT_TTL", default_value = "3s", value_parser = humantime::parse_duration, help_heading = "Several nodes on your broker")]
+    elect_ttl: Duration,
+
     /// Tests only: the recorder stores what it receives this long after it arrived.
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
     recorder_delay: Duration,
@@ -142,6 +162,13 @@ fn parse_currencies(s: &str) -> Result<CurrencyList, String> {
     Currency::parse_list(s)
         .map(CurrencyList)
         .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone)]
+struct EtcdEndpoints(Vec<String>);
+
+fn parse_elect(s: &str) -> Result<EtcdEndpoints, String> {
+    EtcdSettings::parse_endpoints(s).map(EtcdEndpoints)
 }
 
 fn parse_source_url(s: &str) -> Result<(SourceKind, String), String> {
@@ -199,15 +226,7 @@ impl Cli {
         };
         every_node("--cluster-history", &self.cluster_history)?;
         every_node("--cluster-mqtt", &self.cluster_mqtt)?;
-        let mut history = Vec::new();
-        for entry in &self.cluster_history {
-            if !(entry.addr.starts_with("http://") || entry.addr.starts_with("https://")) {
-                anyhow::bail!(
-                    "--cluster-history {entry}: the URL must start with http:// or https://"
-                );
-            }
-            history.push((entry.id, entry.addr.clone()));
-        }
+        let history = self.history()?;
         let mut mqtt = Vec::new();
         for entry in &self.cluster_mqtt {
             let url: BrokerUrl = entry
@@ -224,8 +243,72 @@ impl Cli {
         }))
     }
 
+    /// `--cluster-history`, checked.
+    fn history(&self) -> anyhow::Result<Vec<(u64, String)>> {
+        let mut history: Vec<(u64, String)> = Vec::new();
+        for entry in &self.cluster_history {
+            if !(entry.addr.starts_with("http://") || entry.addr.starts_with("https://")) {
+                anyhow::bail!(
+                    "--cluster-history {entry}: the URL must start with http:// or https://"
+                );
+            }
+            if history.iter().any(|(id, _)| *id == entry.id) {
+                anyhow::bail!("--cluster-history names node {} twice", entry.id);
+            }
+            history.push((entry.id, entry.addr.clone()));
+        }
+        Ok(history)
+    }
+
+    /// A node of several on the operator's broker, elected with etcd, if --elect is given.
+    fn elected(&self) -> anyhow::Result<Option<ElectedSettings>> {
+        let Some(EtcdEndpoints(endpoints)) = &self.elect else {
+            return Ok(None);
+        };
+        if !(self.cluster_grpc.is_empty()
+            && self.cluster_raft.is_empty()
+            && self.cluster_mqtt.is_empty())
+        {
+            anyhow::bail!(
+                "--elect (nodes on your broker) cannot be combined with --cluster-grpc, --cluster-raft or --cluster-mqtt (a cluster of embedded brokers)"
+            );
+        }
+        if self.broker.is_none() {
+            anyhow::bail!("--elect needs --broker: the nodes publish to your broker");
+        }
+        let Some(node_id) = self.node_id else {
+            anyhow::bail!("--elect needs --node-id");
+        };
+        let history = self.history()?;
+        if history.is_empty() {
+            anyhow::bail!("--elect needs --cluster-history (every node, ID@URL)");
+        }
+        if !history.iter().any(|(id, _)| *id == node_id) {
+            anyhow::bail!(
+                "--cluster-history does not list this node ({node_id}): give every node once"
+            );
+        }
+        let etcd = EtcdSettings {
+            endpoints: endpoints.clone(),
+            name: self.elect_name.clone(),
+            ttl: self.elect_ttl,
+        };
+        etcd.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(ElectedSettings {
+            node_id,
+            etcd,
+            history,
+            recorder_delay: self.recorder_delay,
+        }))
+    }
+
     fn into_config(self) -> anyhow::Result<Config> {
-        let cluster = self.cluster()?;
+        let elected = self.elected()?;
+        let cluster = if elected.is_some() {
+            None
+        } else {
+            self.cluster()?
+        };
         let mut sources: Vec<SourceConfig> = self
             .source
             .iter()
@@ -262,6 +345,7 @@ impl Cli {
             http_listen: self.http_listen,
             clock: WallClock::System,
             cluster,
+            elected,
         })
     }
 }

@@ -92,13 +92,16 @@ pub struct Recorder {
     pub broker: BrokerUrl,
     /// The other nodes' history APIs, by node id.
     pub peers: Vec<(u64, String)>,
-    /// This node's cluster: its leader's history is asked first.
-    pub cluster: broker_config::ClusterHandle,
+    /// The election: the leader's history is asked first.
+    pub leadership: std::sync::Arc<dyn crate::leadership::Leadership>,
     pub history_timeout: Duration,
     /// Set while the recorder follows live with nothing missing.
     pub caught_up: watch::Sender<bool>,
     /// Holds each message this long before it is stored: a slow recorder, for tests.
     pub delay: Duration,
+    /// Sent to the broker when subscribing: an operator's broker may refuse anonymous clients on
+    /// the nodes' listener (EMQX does); the embedded one needs none.
+    pub credentials: Option<broker_config::Credentials>,
 }
 
 impl Recorder {
@@ -129,7 +132,7 @@ impl Recorder {
 
     /// The peers' history URLs, the leader's first: its history is the feed's.
     async fn peer_urls(&self) -> Vec<String> {
-        let leader = self.cluster.status().await.leader_id;
+        let leader = self.leadership.leader().await;
         let mut peers = self.peers.clone();
         peers.sort_by_key(|(id, _)| (Some(*id) != leader, *id));
         peers.into_iter().map(|(_, url)| url).collect()
@@ -160,6 +163,10 @@ impl Recorder {
         config.history_timeout = self.history_timeout;
         config.since = since;
         config.client_id = "pricefeed-recorder".into();
+        config.credentials = self
+            .credentials
+            .as_ref()
+            .map(|c| (c.username.clone(), c.password.clone()));
         let mut subscription = pricesub::subscribe(config)?;
         // Stored in order, each `delay` after it arrived.
         let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, FeedEvent)>();

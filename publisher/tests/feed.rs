@@ -36,6 +36,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
         http_listen: "127.0.0.1:0".parse().unwrap(),
         clock: WallClock::System,
         cluster: None,
+        elected: None,
     }
 }
 

@@ -5,8 +5,6 @@
 //! price-sources crate.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use history_api::Metrics;
 use history_store::HistoryStore;
 use price_sources::{Quote, Sample, SourceKind};
 use publisher::clock::WallClock;
-use publisher::leadership::{Gate, Leadership};
+use publisher::leadership::{Answer, Gate, Leadership};
 use publisher::slot_loop::{FeedState, FeedStatus, Sampler, SlotLoop, TickSink};
 use ticks::{Currency, Gap, GapReason, Interval, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
@@ -180,8 +178,16 @@ impl Election {
 }
 
 impl Leadership for Election {
-    fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    fn check(&self) -> Answer<'_, bool> {
         Box::pin(async move { self.0.load(std::sync::atomic::Ordering::SeqCst) })
+    }
+
+    fn leader(&self) -> Answer<'_, Option<u64>> {
+        Box::pin(async { None })
+    }
+
+    fn others_can_take_over(&self) -> Answer<'_, bool> {
+        Box::pin(async { true })
     }
 }
 
@@ -592,3 +598,4 @@ async fn an_election_lost_while_sampling_publishes_nothing_for_that_slot() {
     assert_eq!(stored.len(), 1, "01:40:05 was sampled but not stored");
     assert_eq!(*r.recorder.activations.lock().unwrap(), vec![true, false]);
 }
+

@@ -1,5 +1,6 @@
-//! [`Cluster`]: N `pricefeed` nodes of one raft cluster on loopback, built with the `cluster`
-//! feature, each started, killed and restarted by the test.
+//! [`Cluster`]: N `pricefeed` nodes on loopback, each started, killed and restarted by the test:
+//! either one raft cluster of embedded brokers (the `cluster` build), or nodes on one external
+//! broker elected with etcd (the `etcd` build, [`Cluster::elected`]).
 //!
 //! Raft and cluster-gRPC addresses must be fixed in advance (every node lists every other), so the
 //! ports are free ports picked up front. Each node's raft and gRPC are reached through a [`Proxy`]
@@ -47,10 +48,23 @@ impl Node {
     }
 }
 
+/// How the nodes find each other and elect the publishing one.
+enum Topology {
+    /// Their embedded brokers join one raft cluster.
+    Raft,
+    /// They publish to one external broker and are elected with etcd.
+    Elected {
+        broker: String,
+        etcd: String,
+        ttl: String,
+    },
+}
+
 /// The cluster.
 pub struct Cluster {
     pub nodes: Vec<Node>,
     program: PathBuf,
+    topology: Topology,
     interval: String,
     extra: Vec<String>,
     _dir: tempfile::TempDir,
@@ -66,10 +80,42 @@ impl Cluster {
     /// [`Cluster::new`] running `program`, a cluster build of `pricefeed`.
     pub async fn with_program(program: PathBuf, n: u64, interval: &str) -> Cluster {
         assert!(
-            cluster_binary(&program),
+            has_feature(&program, "cluster"),
             "{} was built without the cluster feature: cargo build --features publisher/cluster --bin pricefeed",
             program.display()
         );
+        Cluster::build(program, Topology::Raft, n, interval).await
+    }
+
+    /// `n` nodes of this workspace's `pricefeed` (the `etcd` build) publishing to the external
+    /// `broker` (Mosquitto, with the kit's publisher password), elected by the etcd members of
+    /// `etcd` (`etcd://…`) with leases of `ttl`; none started yet.
+    pub async fn elected(
+        broker: SocketAddr,
+        etcd: &str,
+        ttl: &str,
+        n: u64,
+        interval: &str,
+    ) -> Cluster {
+        let program = bin_dir().join("pricefeed");
+        assert!(
+            has_feature(&program, "etcd"),
+            "{} was built without the etcd feature: cargo build --features publisher/etcd --bin pricefeed",
+            program.display()
+        );
+        let topology = Topology::Elected {
+            broker: format!("mqtt://{broker}"),
+            etcd: etcd.to_string(),
+            ttl: ttl.to_string(),
+        };
+        let mut cluster = Cluster::build(program, topology, n, interval).await;
+        for node in &mut cluster.nodes {
+            node.mqtt = broker;
+        }
+        cluster
+    }
+
+    async fn build(program: PathBuf, topology: Topology, n: u64, interval: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for id in 1..=n {
@@ -93,6 +139,7 @@ impl Cluster {
         Cluster {
             nodes,
             program,
+            topology,
             interval: interval.to_string(),
             extra: Vec::new(),
             _dir: dir,
@@ -121,6 +168,20 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        if let Topology::Elected { broker, etcd, ttl } = &self.topology {
+            return vec![
+                "--broker".into(),
+                broker.clone(),
+                "--broker-password".into(),
+                crate::mosquitto::MOSQUITTO_PUBLISHER_PASSWORD.into(),
+                "--elect".into(),
+                etcd.clone(),
+                "--elect-ttl".into(),
+                ttl.clone(),
+                "--cluster-history".into(),
+                list(&|n| n.history_url()),
+            ];
+        }
         vec![
             "--cluster-grpc".into(),
             list(&|n| n.grpc_proxy.addr().to_string()),
@@ -147,15 +208,19 @@ impl Cluster {
             "kraken".into(),
             "--source-url".into(),
             format!("kraken={}", self.node(id).source.url()),
-            "--cluster-raft-listen".into(),
-            format!("127.0.0.1:{}", self.node(id).raft),
-            "--cluster-grpc-listen".into(),
-            format!("127.0.0.1:{}", self.node(id).grpc),
-            "--mqtt-listen".into(),
-            self.node(id).mqtt.to_string(),
             "--http-listen".into(),
             self.node(id).http.to_string(),
         ];
+        if let Topology::Raft = self.topology {
+            flags.extend([
+                "--cluster-raft-listen".into(),
+                format!("127.0.0.1:{}", self.node(id).raft),
+                "--cluster-grpc-listen".into(),
+                format!("127.0.0.1:{}", self.node(id).grpc),
+                "--mqtt-listen".into(),
+                self.node(id).mqtt.to_string(),
+            ]);
+        }
         flags.extend(self.membership());
         flags.extend(self.extra.iter().cloned());
         let node = self.node(id);
@@ -327,10 +392,15 @@ impl Cluster {
     }
 }
 
-/// Whether a `pricefeed` binary has cluster mode: its `--version` says "(cluster)".
-fn cluster_binary(program: &std::path::Path) -> bool {
+/// Whether a `pricefeed` binary was built with `feature`: its `--version` lists it, as in
+/// "0.1.0 (cluster, etcd)".
+fn has_feature(program: &std::path::Path, feature: &str) -> bool {
     let version = std::process::Command::new(program)
         .arg("--version")
         .output();
-    matches!(version, Ok(out) if String::from_utf8_lossy(&out.stdout).contains("(cluster)"))
+    let Ok(out) = version else { return false };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .is_some_and(|(features, _)| features.split(", ").any(|f| f == feature))
 }

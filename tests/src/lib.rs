@@ -11,9 +11,12 @@
 //!   failing modes. No test reaches the internet.
 //! - [`subscriber`]: [`TickSubscriber`], a real MQTT 3.1.1 client collecting ticks.
 //! - [`proxy`]: [`Proxy`], a TCP proxy to cut.
-//! - [`cluster`]: [`Cluster`], nodes of one raft cluster (the `cluster` build of `pricefeed`).
+//! - [`cluster`]: [`Cluster`], nodes of one raft cluster (the `cluster` build of `pricefeed`), or
+//!   nodes on one external broker elected with etcd (the `etcd` build).
+//! - [`etcd`]: [`Etcd`], Debian's etcd members on loopback.
 
 pub mod cluster;
+pub mod etcd;
 pub mod feed;
 pub mod fixtures;
 pub mod mosquitto;
@@ -24,6 +27,7 @@ pub mod subscriber;
 use std::time::Duration;
 
 pub use cluster::Cluster;
+pub use etcd::Etcd;
 pub use feed::{FeedProcess, HistoryProcess};
 pub use fixtures::{FixtureServer, Mode, fixture};
 pub use mosquitto::Mosquitto;

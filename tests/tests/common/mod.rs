@@ -48,6 +48,7 @@ impl TestFeed {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             clock: WallClock::System,
             cluster: None,
+            elected: None,
         };
         let started = Timedate::now();
         let feed = Feed::build(config).await.unwrap();
