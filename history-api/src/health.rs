@@ -79,23 +79,36 @@ fn node_report(state: &ApiState) -> Option<NodeReport> {
     })
 }
 
-pub(crate) async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
-    let ages = newest_tick_ages(&state).await;
-    let broker = match &state.broker_connected {
+/// The broker link's state as `/readyz` reports it.
+fn broker_state(state: &ApiState) -> &'static str {
+    match &state.broker_connected {
         None => "not_used",
         Some(flag) if flag.load(Ordering::Acquire) => "connected",
         Some(_) => "disconnected",
-    };
+    }
+}
+
+/// Whether this process can serve: the store answers, the broker link (if any) is up, and a node
+/// of several is a standby or active (not still catching up).
+fn is_ready(
+    ages: &Result<Vec<(Currency, Option<f64>)>, String>,
+    broker: &str,
+    node: Option<&NodeReport>,
+) -> bool {
+    let serving = node.is_none_or(|n| matches!(n.role, NodeRole::Standby | NodeRole::Active));
+    ages.is_ok() && broker != "disconnected" && serving
+}
+
+pub(crate) async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    let ages = newest_tick_ages(&state).await;
+    let broker = broker_state(&state);
     let no_ages = Currency::ALL.map(|c| (c, None));
     let (store, age_list) = match &ages {
         Ok(ages) => ("ok", ages.as_slice()),
         Err(e) => (e.as_str(), no_ages.as_slice()),
     };
     let node = node_report(&state);
-    let serving = node
-        .as_ref()
-        .is_none_or(|n| matches!(n.role, NodeRole::Standby | NodeRole::Active));
-    let ready = ages.is_ok() && broker != "disconnected" && serving;
+    let ready = is_ready(&ages, broker, node.as_ref());
     let status = if ready {
         StatusCode::OK
     } else {
@@ -122,6 +135,25 @@ pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "1 if the history store answered this scrape's query, else 0.",
     );
     let _ = writeln!(text, "pricefeed_store_up {}", u8::from(ages.is_ok()));
+    let ready = is_ready(&ages, broker_state(&state), node_report(&state).as_ref());
+    header(
+        &mut text,
+        "pricefeed_ready",
+        "gauge",
+        "1 if /readyz answers ready (store answers, broker connected, node not catching up), else 0.",
+    );
+    let _ = writeln!(text, "pricefeed_ready {}", u8::from(ready));
+    header(
+        &mut text,
+        "pricefeed_interval_seconds",
+        "gauge",
+        "The slot length: one tick per currency per slot.",
+    );
+    let _ = writeln!(
+        text,
+        "pricefeed_interval_seconds {}",
+        state.feed.interval.as_duration().as_secs_f64()
+    );
     header(
         &mut text,
         "pricefeed_newest_tick_age_seconds",
@@ -152,6 +184,17 @@ pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
                 u8::from(node.role == role)
             );
         }
+        header(
+            &mut text,
+            "pricefeed_node_active",
+            "gauge",
+            "1 while this node is the one publishing, else 0 (nodes of several only): summed over a feed's nodes, it must be 1.",
+        );
+        let _ = writeln!(
+            text,
+            "pricefeed_node_active {}",
+            u8::from(node.role == NodeRole::Active)
+        );
     }
     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
 }

@@ -23,6 +23,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 pub struct Metrics {
     ticks_published: [AtomicU64; Currency::ALL.len()],
     slots_missed: [AtomicU64; Currency::ALL.len()],
+    store_errors: AtomicU64,
     source_errors: Mutex<BTreeMap<(String, String), u64>>,
     requests_by_status: Mutex<BTreeMap<u16, u64>>,
     /// Requests per bucket, *not* cumulative (the renderer sums them); beyond the last bucket a
@@ -94,6 +95,11 @@ impl Metrics {
         self.slots_missed[index(currency)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `pricefeed_store_errors_total`: a tick or a gap the publisher could not write.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `pricefeed_history_answers_total{source}`.
     pub fn history_answer(&self, source: AnswerSource) {
         self.answers_by_source[source as usize].fetch_add(1, Ordering::Relaxed);
@@ -143,6 +149,17 @@ impl Metrics {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "pricefeed_slots_missed_total{{currency=\"{c}\"}} {n}");
         }
+        header(
+            &mut out,
+            "pricefeed_store_errors_total",
+            "counter",
+            "Ticks and gaps the publisher could not write to the history store.",
+        );
+        let _ = writeln!(
+            out,
+            "pricefeed_store_errors_total {}",
+            self.store_errors.load(Ordering::Relaxed)
+        );
         header(
             &mut out,
             "pricefeed_source_errors_total",
@@ -246,6 +263,7 @@ mod tests {
         m.tick_published(Currency::USD);
         m.tick_published(Currency::EUR);
         m.slot_missed(Currency::EUR);
+        m.store_error();
         m.source_error("kraken", "timeout");
         m.source_error("kraken", "timeout");
         m.source_error("odd \"name\"\\", "http\n500");
@@ -263,6 +281,8 @@ mod tests {
             "# HELP pricefeed_slots_missed_total Slots that got no tick, by currency: no source gave a valid price, or the tick could not be stored.",
             "pricefeed_slots_missed_total{currency=\"USD\"} 0",
             "pricefeed_slots_missed_total{currency=\"EUR\"} 1",
+            "# TYPE pricefeed_store_errors_total counter",
+            "pricefeed_store_errors_total 1",
             "pricefeed_source_errors_total{source=\"kraken\",kind=\"timeout\"} 2",
             r#"pricefeed_source_errors_total{source="odd \"name\"\\",kind="http\n500"} 1"#,
             "pricefeed_history_requests_total{status=\"200\"} 2",

@@ -39,6 +39,17 @@ async fn store_with_usd_tick_aged(age: Duration) -> HistoryStore {
     store
 }
 
+/// The `pricefeed_ready` gauge of a scrape.
+async fn ready_gauge(app: &axum::Router) -> String {
+    get(app, "/metrics")
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("pricefeed_ready "))
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test]
 async fn readyz_follows_the_store_and_the_broker() {
     let store = store_with_usd_tick_aged(Duration::from_secs(3)).await;
@@ -58,6 +69,11 @@ async fn readyz_follows_the_store_and_the_broker() {
     let flag = state.broker_connected.clone().unwrap();
     let app = app(state);
     let disconnected = get(&app, "/readyz").await;
+    assert_eq!(
+        ready_gauge(&app).await,
+        "0",
+        "/metrics says what /readyz says"
+    );
     assert_eq!(disconnected.status, 503);
     assert_eq!(disconnected.json()["ready"], false);
     assert_eq!(disconnected.json()["broker"], "disconnected");
@@ -65,6 +81,7 @@ async fn readyz_follows_the_store_and_the_broker() {
 
     flag.store(true, Ordering::Release);
     let connected = get(&app, "/readyz").await;
+    assert_eq!(ready_gauge(&app).await, "1");
     assert_eq!(connected.status, 200);
     assert_eq!(connected.json()["broker"], "connected");
 
@@ -72,6 +89,7 @@ async fn readyz_follows_the_store_and_the_broker() {
         .tamper_blocking(|conn| conn.execute_batch("DROP TABLE ticks"))
         .unwrap();
     let broken = get(&app, "/readyz").await;
+    assert_eq!(ready_gauge(&app).await, "0");
     assert_eq!(broken.status, 503);
     assert_eq!(
         broken.json(),
@@ -116,6 +134,8 @@ async fn metrics_count_requests_and_show_tick_age() {
         "pricefeed_ticks_published_total{currency=\"USD\"} 0",
         "pricefeed_source_errors_total{source=\"kraken\",kind=\"timeout\"} 1",
         "pricefeed_store_up 1",
+        "pricefeed_ready 1",
+        "pricefeed_interval_seconds 5",
         "# TYPE pricefeed_newest_tick_age_seconds gauge",
     ] {
         assert!(
@@ -275,4 +295,57 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// The alert rules an operator loads (`ops/prometheus/alerts.yml`) name only series that
+/// `/metrics` exports: a renamed metric would leave its alert silent forever.
+#[tokio::test]
+async fn every_metric_the_alert_rules_use_is_exported() {
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/prometheus/alerts.yml"),
+    )
+    .unwrap();
+    // A node of several (so the node series are there) whose store holds a tick, after one
+    // request of each kind the histogram and counters count.
+    let (_role_tx, role) = tokio::sync::watch::channel(ticks::NodeRole::Active);
+    let state = state_with_broker(store_with_usd_tick_aged(Duration::from_secs(3)).await, true)
+        .with_node(1, role);
+    let metrics = state.metrics.clone();
+    metrics.tick_published(Currency::USD);
+    metrics.slot_missed(Currency::USD);
+    metrics.store_error();
+    metrics.source_error("kraken", "timeout");
+    let app = app(state);
+    get(&app, "/v1/ticks?since=0").await;
+    let exported: std::collections::BTreeSet<String> = get(&app, "/metrics")
+        .await
+        .text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    let mut used: Vec<&str> = rules
+        .match_indices("pricefeed_")
+        .map(|(i, _)| {
+            let rest = &rules[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 8, "the rules use {used:?}");
+    for name in used {
+        // A histogram is exported as its _bucket, _sum and _count series.
+        assert!(
+            exported.contains(name)
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| exported.contains(&format!("{name}{s}"))),
+            "the alert rules use {name}, which /metrics does not export: {exported:?}"
+        );
+    }
 }

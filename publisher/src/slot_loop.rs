@@ -273,6 +273,7 @@ impl<S: Sampler> SlotLoop<S> {
                 Err(e) => {
                     tracing::error!(currency = %currency, slot = %slot, error = %e,
                         "cannot store the tick, so it is not published");
+                    self.metrics.store_error();
                     self.metrics.slot_missed(currency);
                     self.record_gap(
                         currency,
@@ -330,6 +331,7 @@ impl<S: Sampler> SlotLoop<S> {
             Ok(Some(recorded)) => self.sink.publish_gap(&recorded),
             Ok(None) => {}
             Err(e) => {
+                self.metrics.store_error();
                 tracing::error!(currency = %currency, from = %from, until = %until, error = %e, "cannot record a gap")
             }
         }

@@ -114,6 +114,7 @@ struct Run {
     store: HistoryStore,
     recorder: Arc<Recorder>,
     calls: Vec<Timedate>,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the loop from `start` for `run_for` of (paused) time with the scripted steps.
@@ -137,6 +138,7 @@ async fn run_gated(
         Gate::start(election, caught_up, shutdown.clone())
     });
     let recorder = Arc::new(Recorder::default());
+    let metrics = Arc::new(Metrics::new());
     let sampler = Arc::new(Scripted {
         clock: clock.clone(),
         steps: Mutex::new(steps.into()),
@@ -148,7 +150,7 @@ async fn run_gated(
         chain: SharedSampler(sampler.clone()),
         store: store.clone(),
         sink: recorder.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
         clock,
         gate,
         node,
@@ -164,6 +166,7 @@ async fn run_gated(
         store,
         recorder,
         calls,
+        metrics,
     }
 }
 
@@ -599,3 +602,34 @@ async fn an_election_lost_while_sampling_publishes_nothing_for_that_slot() {
     assert_eq!(*r.recorder.activations.lock().unwrap(), vec![true, false]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_store_that_cannot_write_publishes_nothing_and_counts_each_failure() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    store
+        .tamper_blocking(|conn| conn.execute_batch("DROP TABLE ticks; DROP TABLE gaps"))
+        .unwrap();
+    let r = run(
+        "2026-11-24T01:40:02.300Z",
+        Duration::from_millis(3_000), // one slot, 01:40:05
+        vec![answer(&[
+            (Currency::USD, "97001.5"),
+            (Currency::EUR, "89000.25"),
+        ])],
+        store,
+    )
+    .await;
+    assert!(
+        r.recorder.ticks.lock().unwrap().is_empty(),
+        "an unstored tick is not published"
+    );
+    let text = r.metrics.render();
+    // Per currency: the tick, then the gap that would have said why.
+    assert!(
+        text.lines().any(|l| l == "pricefeed_store_errors_total 4"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "pricefeed_slots_missed_total{currency=\"USD\"} 1")
+    );
+}
