@@ -110,7 +110,7 @@ mod client {
     use tokio::time::{Instant, timeout};
     use tokio_util::sync::CancellationToken;
 
-    use super::EtcdSettings;
+    use crate::etcd::EtcdSettings;
     use crate::leadership::{Answer, Leadership};
 
     /// How long a call at shutdown may take.
