@@ -169,9 +169,16 @@ impl<S: Sampler> SlotLoop<S> {
         let mut active = false;
         let mut processed = 0;
         loop {
-            tokio::select! {
-                _ = self.clock.sleep_until(slot) => {}
-                _ = shutdown.cancelled() => return processed,
+            // Until the wall clock reads the slot: one stepped back while this sleeps (NTP) reads
+            // earlier than the slot on waking, and the slot is not due yet.
+            loop {
+                tokio::select! {
+                    _ = self.clock.sleep_until(slot) => {}
+                    _ = shutdown.cancelled() => return processed,
+                }
+                if self.clock.now() >= slot {
+                    break;
+                }
             }
             if self.gate.as_ref().is_some_and(|g| g.role() != Role::Active) {
                 if active {
@@ -193,6 +200,19 @@ impl<S: Sampler> SlotLoop<S> {
                 if let Some(node) = self.node {
                     tracing::info!(slot = %slot, node, "this node publishes");
                 }
+            }
+            // One stepped ahead while this slept (NTP, a VM resumed) may read past the slot's end:
+            // a price sampled now is not this slot's. The slots jumped over are a gap, not filled.
+            let now = self.clock.now();
+            if now >= slot.next(self.interval) {
+                let due = self.interval.slot_at_or_after(now);
+                tracing::warn!(from = %slot, until = %due, "the wall clock jumped past this slot; the slots jumped over are a gap");
+                for currency in &self.currencies {
+                    self.record_gap(*currency, slot, due, GapReason::PublisherDown)
+                        .await;
+                }
+                slot = due;
+                continue;
             }
             let deadline = self.clock.instant_at(slot) + sampling_budget(self.interval);
             let sample = tokio::select! {

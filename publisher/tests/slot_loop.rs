@@ -122,6 +122,11 @@ async fn run(start: &str, run_for: Duration, steps: Vec<Step>, store: HistorySto
     run_gated(start, run_for, steps, store, None).await
 }
 
+/// [`run`] on the given clock.
+async fn run_on(clock: WallClock, run_for: Duration, steps: Vec<Step>, store: HistoryStore) -> Run {
+    run_clocked(clock, run_for, steps, store, None).await
+}
+
 /// [`run`] as a node of a cluster whose election says what `leads` says.
 async fn run_gated(
     start: &str,
@@ -130,7 +135,16 @@ async fn run_gated(
     store: HistoryStore,
     leads: Option<Arc<Election>>,
 ) -> Run {
-    let clock = WallClock::anchored(t(start));
+    run_clocked(WallClock::anchored(t(start)), run_for, steps, store, leads).await
+}
+
+async fn run_clocked(
+    clock: WallClock,
+    run_for: Duration,
+    steps: Vec<Step>,
+    store: HistoryStore,
+    leads: Option<Arc<Election>>,
+) -> Run {
     let shutdown = CancellationToken::new();
     let node = leads.is_some().then_some(2);
     let gate = leads.map(|election| {
@@ -632,4 +646,83 @@ async fn a_store_that_cannot_write_publishes_nothing_and_counts_each_failure() {
         text.lines()
             .any(|l| l == "pricefeed_slots_missed_total{currency=\"USD\"} 1")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stepped_wall_clock_never_repeats_or_rewinds_a_slot_and_a_jump_ahead_is_a_gap() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let clock = WallClock::anchored(t("2026-11-24T01:40:02.300Z"));
+    let steps = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            // 01:40:12.3: NTP steps the clock back 12 s, into slots already published; then, at
+            // 01:40:23.3 by the clock (8.3 s later), a VM resume steps it 31 s ahead.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            clock.step(-12_000);
+            tokio::time::sleep(Duration::from_millis(11_000)).await;
+            clock.step(31_000);
+        })
+    };
+    let r = run_on(clock, Duration::from_secs(40), vec![], store).await;
+    steps.await.unwrap();
+    let ticks = r.recorder.ticks.lock().unwrap().clone();
+    // Each slot's price was asked for while the wall clock read that slot: not early (a clock
+    // stepped back), not after it (a clock stepped ahead).
+    let usd: Vec<Timedate> = ticks
+        .iter()
+        .filter(|t| t.currency == Currency::USD)
+        .map(|t| t.timedate)
+        .collect();
+    assert_eq!(
+        usd.len(),
+        r.calls.len(),
+        "a tick per sample: {usd:?} {:?}",
+        r.calls
+    );
+    for (slot, asked) in usd.iter().zip(&r.calls) {
+        assert!(
+            *asked >= *slot && *asked < slot.next(Interval::DEFAULT),
+            "the tick of {slot} was sampled at {asked}"
+        );
+    }
+    for currency in Currency::ALL {
+        let times: Vec<Timedate> = ticks
+            .iter()
+            .filter(|t| t.currency == currency)
+            .map(|t| t.timedate)
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "{currency}: every timedate newer than the one before, one per slot: {times:?}"
+        );
+        let gaps: Vec<Gap> = r
+            .recorder
+            .gaps
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.currency == currency)
+            .copied()
+            .collect();
+        assert_eq!(gaps.len(), 1, "{currency}: the jump ahead, once: {gaps:?}");
+        let gap = gaps[0];
+        assert_eq!(gap.reason, GapReason::PublisherDown);
+        assert!(
+            gap.until.unix_millis() - gap.from.unix_millis() >= 25_000,
+            "the slots jumped over are a gap: {gap:?}"
+        );
+        assert!(
+            times.iter().all(|t| *t < gap.from || *t >= gap.until),
+            "nothing fills the gap: {times:?} {gap:?}"
+        );
+        let stored: Vec<Timedate> = r
+            .store
+            .read(move |s| s.ticks_since(currency, Timedate::EPOCH, 1000))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.timedate)
+            .collect();
+        assert_eq!(stored, times, "{currency}: stored as published");
+    }
 }
