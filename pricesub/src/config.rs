@@ -21,6 +21,10 @@ pub struct SubscriberConfig {
     pub client_id: String,
     /// User name and password, for a broker that does not let anonymous clients read.
     pub credentials: Option<(String, String)>,
+    /// At start-up, how long brokers and history servers that refuse or do not answer are tried
+    /// again before the subscription fails (a display often starts before its network is up).
+    /// Once it has followed live, a lost connection is retried for ever.
+    pub start_within: Duration,
 }
 
 /// The history API's port in a single-node deployment, where it runs beside the broker.
@@ -29,9 +33,13 @@ pub const DEFAULT_HISTORY_PORT: u16 = 8080;
 /// Timeout of one history request unless configured.
 pub const DEFAULT_HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long start-up retries unreachable servers unless configured.
+pub const DEFAULT_START_WITHIN: Duration = Duration::from_secs(30);
+
 impl SubscriberConfig {
     /// Every currency, live only (no `since`), history at [`default_history_url`] of the first
-    /// broker, a 10 s history timeout, client ids starting `pricesub`.
+    /// broker, a 10 s history timeout, client ids starting `pricesub`, 30 s for the servers to
+    /// become reachable at start-up.
     pub fn new(brokers: Vec<BrokerUrl>) -> SubscriberConfig {
         SubscriberConfig {
             history: brokers
@@ -45,6 +53,7 @@ impl SubscriberConfig {
             history_timeout: DEFAULT_HISTORY_TIMEOUT,
             client_id: "pricesub".into(),
             credentials: None,
+            start_within: DEFAULT_START_WITHIN,
         }
     }
 }

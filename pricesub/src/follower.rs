@@ -18,9 +18,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Live messages kept while a backfill runs; a backfill this slow is retried from scratch.
 const BUFFER_MAX: usize = 100_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connection attempts to each broker before an unreachable broker at start-up is reported as an
-/// error.
-const FIRST_ATTEMPTS: u32 = 3;
+/// The longest wait between tries while starting: a network coming up is tried often.
+const START_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A history answer that does not yet hold what the broker already delivered (a replica whose
 /// recorder is behind its broker) is asked again this often, this many times, a different
 /// replica each time when there are several, before the answer is taken as it is.
@@ -57,6 +56,10 @@ pub(crate) struct Follower {
     resume_from: Option<Timedate>,
     /// Whether any connection got as far as its SUBACK.
     subscribed_once: bool,
+    /// Until the subscription first follows live: when start-up gives up on unreachable servers.
+    start_deadline: Option<tokio::time::Instant>,
+    /// Whether the current connection proved itself: connected, subscribed, backfilled, live.
+    proved: bool,
 }
 
 impl Follower {
@@ -75,7 +78,15 @@ impl Follower {
             covered_until: BTreeMap::new(),
             interval: None,
             subscribed_once: false,
+            start_deadline: None,
+            proved: false,
         }
+    }
+
+    /// Still starting, and start-up's time for unreachable servers is up.
+    fn start_expired(&self) -> bool {
+        self.start_deadline
+            .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
     }
 
     pub(crate) async fn run(&mut self, stop: CancellationToken) -> Result<(), SubscribeError> {
@@ -83,35 +94,45 @@ impl Follower {
         let mut broker = 0;
         let mut first = true;
         let mut attempts = 0;
+        self.start_deadline = Some(tokio::time::Instant::now() + self.config.start_within);
         loop {
             let url = self.config.brokers[broker % self.config.brokers.len()].clone();
             let started = tokio::time::Instant::now();
             attempts += 1;
+            self.proved = false;
             match self.session(&url, first, &stop).await? {
                 SessionEnd::Stopped | SessionEnd::Gone => return Ok(()),
-                // Before the first subscription a broken broker address is the user's to fix; a
-                // few tries first, so a busy broker (thousands of clients arriving at once) is not
-                // mistaken for a wrong address.
+                // Before the first subscription a broken broker address is the user's to fix, once
+                // start-up's time is up (every broker tried at least once): a network still coming
+                // up, or a busy broker (thousands of clients arriving at once), is not mistaken
+                // for a wrong address.
                 SessionEnd::Lost(reason)
                     if !self.subscribed_once
-                        && attempts >= FIRST_ATTEMPTS * self.config.brokers.len() as u32 =>
+                        && self.start_expired()
+                        && attempts >= self.config.brokers.len() =>
                 {
                     return Err(SubscribeError::Broker {
                         broker: url.to_string(),
                         reason,
                     });
                 }
-                SessionEnd::Lost(why) if self.subscribed_once => {
+                SessionEnd::Lost(why) if self.start_deadline.is_none() => {
                     tracing::warn!(broker = %url, reason = %why, "connection lost; reconnecting");
                 }
+                // Still starting: the error, if it comes to that, says why in one line.
                 SessionEnd::Lost(why) => {
-                    tracing::debug!(broker = %url, reason = %why, "first connection failed; trying again");
+                    tracing::debug!(broker = %url, reason = %why, "not following yet; trying again");
                 }
             }
             first = !self.subscribed_once;
-            // A connection that lived a while earns a fresh backoff.
-            if started.elapsed() > BACKOFF_MAX * 3 {
+            // A connection that proved itself (subscribed, backfilled, followed live), or lived a
+            // while, earns a fresh backoff: on a path that drops every connection after a few
+            // seconds, each try succeeds and the next one should come at once.
+            if self.proved || started.elapsed() > BACKOFF_MAX * 3 {
                 backoff = BACKOFF_MIN;
+            }
+            if self.start_deadline.is_some() {
+                backoff = backoff.min(START_BACKOFF_MAX);
             }
             let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
             tokio::select! {
@@ -248,8 +269,20 @@ impl Follower {
                         return Ok(SessionEnd::Gone);
                     }
                 }
-                // At start-up a history problem is the user's to fix: say so and stop.
-                Err(e) if first => return Err(e.into()),
+                // At start-up a history server that does not answer (or answers 5xx) is tried
+                // again until start-up's time is up; then, or for any other problem (a bad URL,
+                // a refused question), it is the user's to fix: say so and stop.
+                Err(e) if self.start_deadline.is_some() => {
+                    let retryable = matches!(e, crate::history::HistoryError::Unavailable(_))
+                        || matches!(
+                            e,
+                            crate::history::HistoryError::Refused { status, .. } if status >= 500
+                        );
+                    if !retryable || self.start_expired() {
+                        return Err(e.into());
+                    }
+                    return Ok(SessionEnd::Lost(format!("backfill failed: {e}")));
+                }
                 Err(e) => return Ok(SessionEnd::Lost(format!("backfill failed: {e}"))),
             }
         }
@@ -267,6 +300,8 @@ impl Follower {
         if self.tx.send(Ok(FeedEvent::Live)).await.is_err() {
             return Ok(SessionEnd::Gone);
         }
+        self.proved = true;
+        self.start_deadline = None;
         loop {
             tokio::select! {
                 event = eventloop.poll() => match event {

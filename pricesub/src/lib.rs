@@ -44,8 +44,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{
-    BadSince, DEFAULT_HISTORY_PORT, DEFAULT_HISTORY_TIMEOUT, SubscriberConfig, default_history_url,
-    parse_since,
+    BadSince, DEFAULT_HISTORY_PORT, DEFAULT_HISTORY_TIMEOUT, DEFAULT_START_WITHIN,
+    SubscriberConfig, default_history_url, parse_since,
 };
 pub use crate::event::{FeedEvent, SubscribeError};
 use crate::follower::Follower;

@@ -45,6 +45,11 @@ struct Cli {
     /// Timeout of one history request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     history_timeout: Duration,
+
+    /// At start-up, how long to keep trying brokers and history servers that refuse or do not
+    /// answer (a display often starts before its network is up) before giving up with an error.
+    #[arg(long, env = "PRICESUB_START_WITHIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    start_within: Duration,
 }
 
 fn config(cli: &Cli) -> anyhow::Result<SubscriberConfig> {
@@ -63,6 +68,7 @@ fn config(cli: &Cli) -> anyhow::Result<SubscriberConfig> {
         .transpose()
         .map_err(|e| anyhow!("--since {e}"))?;
     config.history_timeout = cli.history_timeout;
+    config.start_within = cli.start_within;
     Ok(config)
 }
 

@@ -9,6 +9,10 @@ pub struct Proxy {
     addr: SocketAddr,
     connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     refusing: Arc<std::sync::atomic::AtomicBool>,
+    /// Every n-th connection is refused (0: none).
+    refuse_every: Arc<std::sync::atomic::AtomicUsize>,
+    /// When each connection was let through.
+    accepted: Arc<Mutex<Vec<tokio::time::Instant>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -18,13 +22,25 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refuse_every = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
         let (conns, refuse) = (connections.clone(), refusing.clone());
+        let (every, let_through) = (refuse_every.clone(), accepted.clone());
         let task = tokio::spawn(async move {
+            let mut arrived = 0usize;
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                arrived += 1;
+                let n = every.load(std::sync::atomic::Ordering::SeqCst);
+                if refuse.load(std::sync::atomic::Ordering::SeqCst)
+                    || (n > 0 && arrived.is_multiple_of(n))
+                {
                     drop(inbound);
                     continue;
                 }
+                let_through
+                    .lock()
+                    .unwrap()
+                    .push(tokio::time::Instant::now());
                 let handle = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -39,6 +55,8 @@ impl Proxy {
             addr,
             connections,
             refusing,
+            refuse_every,
+            accepted,
             task,
         }
     }
@@ -58,6 +76,17 @@ impl Proxy {
     pub fn set_refusing(&self, refusing: bool) {
         self.refusing
             .store(refusing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every `n`-th new connection at once (0: none), a flaky path refusing some connects.
+    pub fn refuse_every(&self, n: usize) {
+        self.refuse_every
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// When each connection so far was let through.
+    pub fn accepted_at(&self) -> Vec<tokio::time::Instant> {
+        self.accepted.lock().unwrap().clone()
     }
 }
 

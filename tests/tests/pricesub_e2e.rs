@@ -241,9 +241,19 @@ async fn count_head_and_bad_input_end_cleanly() {
     for (args, needle) in [
         (vec!["--since", "garbage"], "--since \"garbage\""),
         (vec!["--currency", "GBP"], "GBP"),
-        (vec!["--broker", "mqtt://127.0.0.1:1"], "cannot subscribe"),
         (
-            vec!["--history", "http://127.0.0.1:1", "--since", "1m"],
+            vec!["--broker", "mqtt://127.0.0.1:1", "--start-within", "1s"],
+            "cannot subscribe",
+        ),
+        (
+            vec![
+                "--history",
+                "http://127.0.0.1:1",
+                "--since",
+                "1m",
+                "--start-within",
+                "1s",
+            ],
             "cannot backfill",
         ),
     ] {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{Delivered, TestFeed, assert_matches_history, subscriber};
 use pricesub::subscribe;
+use testkit::Proxy;
 use ticks::Timedate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +74,9 @@ async fn an_unreachable_history_server_is_an_error_not_a_stall() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let mut sub = subscribe(subscriber(feed.mqtt, dead_addr, Some(feed.started))).unwrap();
+    let mut config = subscriber(feed.mqtt, dead_addr, Some(feed.started));
+    config.start_within = Duration::from_secs(1);
+    let mut sub = subscribe(config).unwrap();
     let event = tokio::time::timeout(Duration::from_secs(20), sub.next())
         .await
         .expect("an answer within 20 s")
@@ -147,5 +150,85 @@ async fn a_replica_behind_for_every_backfill_try_still_loses_nothing() {
     }
     assert!(delivered.count() > 30, "{} ticks", delivered.count());
     assert_matches_history(&feed, since, &delivered, "behind for 20 answers").await;
+    feed.stop().await;
+}
+
+/// Collects what a subscription delivers for `run_for`.
+async fn collect(sub: &mut pricesub::Subscription, run_for: Duration) -> Delivered {
+    let mut delivered = Delivered::default();
+    let until = tokio::time::Instant::now() + run_for;
+    while let Ok(Some(event)) = tokio::time::timeout_at(until, sub.next()).await {
+        delivered.push(event.unwrap());
+    }
+    delivered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_link_that_drops_every_connection_each_new_try_comes_at_once_and_nothing_is_lost() {
+    let feed = TestFeed::embedded().await;
+    // Every connection is cut after 2 s, and one connect in five is refused.
+    let link = Proxy::start(feed.mqtt).await;
+    link.refuse_every(5);
+    let mut sub = subscribe(subscriber(link.addr(), feed.http, Some(feed.started))).unwrap();
+    let cutter = {
+        let link_cuts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cuts = link_cuts.clone();
+        let link = std::sync::Arc::new(link);
+        let cutting = link.clone();
+        let task = tokio::spawn(async move {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                cutting.cut();
+                cuts.lock().unwrap().push(tokio::time::Instant::now());
+            }
+        });
+        (task, link_cuts, link)
+    };
+    let delivered = collect(&mut sub, Duration::from_secs(18)).await;
+    let (task, cuts, link) = cutter;
+    task.await.unwrap();
+    assert_matches_history(&feed, feed.started, &delivered, "a cutting link").await;
+    // Each connection proved itself (subscribed, backfilled, live) before it was cut, so the next
+    // try waits the shortest backoff (200-300 ms; a refused connect adds one more step), not a
+    // backoff doubling with every cut (which passes 3 s by the fifth).
+    let accepted = link.accepted_at();
+    let cuts = cuts.lock().unwrap().clone();
+    let waits: Vec<Duration> = cuts
+        .iter()
+        .filter_map(|cut| accepted.iter().find(|a| *a > cut).map(|a| *a - *cut))
+        .collect();
+    assert!(waits.len() >= 7, "reconnected after the cuts: {waits:?}");
+    let longest = waits.iter().max().unwrap();
+    assert!(
+        *longest < Duration::from_millis(2500),
+        "the longest wait for a new connection after a cut was {longest:?}: {waits:?}"
+    );
+    feed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_start_up_a_broker_and_a_history_server_that_refuse_for_a_while_are_waited_for() {
+    let feed = TestFeed::embedded().await;
+    let broker = Proxy::start(feed.mqtt).await;
+    let history = Proxy::start(feed.http).await;
+    broker.set_refusing(true);
+    history.set_refusing(true);
+    let mut config = subscriber(broker.addr(), history.addr(), Some(feed.started));
+    config.start_within = Duration::from_secs(20);
+    let mut sub = subscribe(config).unwrap();
+    // The network comes up: first the broker, then the history server.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.set_refusing(false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    history.set_refusing(false);
+    let delivered = collect(&mut sub, Duration::from_secs(4)).await;
+    assert!(delivered.count() > 20, "{} ticks", delivered.count());
+    assert_matches_history(
+        &feed,
+        feed.started,
+        &delivered,
+        "started before the network",
+    )
+    .await;
     feed.stop().await;
 }
