@@ -6,6 +6,8 @@
 //! CI). The soak, a few minutes:
 //!
 //!   PRICEFEED_CRASH_CYCLES=100 cargo test -p pricefeed-tests --test crash -- --nocapture
+//!
+//! A failure names its seed; `PRICEFEED_CRASH_SEED=<seed>` kills at the same instants again.
 
 use std::time::Duration;
 
@@ -24,7 +26,11 @@ async fn sigkill_at_random_instants_leaves_a_readable_store_holding_every_publis
         .unwrap_or(CYCLES);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("feed.db");
-    let seed = fastrand::u64(..);
+    // PRICEFEED_CRASH_SEED replays the kill instants of a run that failed.
+    let seed = std::env::var("PRICEFEED_CRASH_SEED")
+        .ok()
+        .map(|v| v.parse().expect("PRICEFEED_CRASH_SEED is a number"))
+        .unwrap_or_else(|| fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = std::time::Instant::now();
     let mut published: Vec<Tick> = Vec::new();
