@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use crate::demo::DemoWalk;
 use crate::error::{ConfigError, SourceError};
-use crate::parse::{PerCurrency, kraken_pair, parse_each, vendor_error_in};
+use crate::parse::{PerCurrency, kraken_pair, parse_each, vendor_error_in, vendor_time};
 use crate::{SourceKind, distinct};
 
 /// The most bytes read from one response. A ticker answer is well under 2 KiB; this only stops a
@@ -95,6 +95,8 @@ pub struct SourceChain {
     sources: Vec<Source>,
     client: Client,
     request_timeout: Duration,
+    /// An answer the vendor dated longer ago than this is a [`SourceError::Stale`].
+    max_age: Option<Duration>,
     /// One walk for the whole chain, so listing `demo` twice does not fork the price.
     demo: Option<DemoWalk>,
 }
@@ -153,8 +155,16 @@ impl SourceChain {
             sources,
             client,
             request_timeout,
+            max_age: None,
             demo,
         })
+    }
+
+    /// Refuses answers that their vendor dated more than `max_age` ago (for the vendors that date
+    /// them: see [`vendor_time`]): a frozen source's old price is a source error, not a live price.
+    pub fn with_max_age(mut self, max_age: Duration) -> SourceChain {
+        self.max_age = Some(max_age);
+        self
     }
 
     /// Whether any price this chain gives may be made up.
@@ -231,10 +241,24 @@ impl SourceChain {
                 .into_iter()
                 .map(|(currencies, url)| async move {
                     let body = self.fetch(source.kind, &url, deadline).await?;
-                    parse_each(source.kind, &currencies, &body)
+                    let per_currency = parse_each(source.kind, &currencies, &body)?;
+                    self.check_age(source.kind, &body)?;
+                    Ok(per_currency)
                 }),
         )
         .await
+    }
+
+    /// A body whose vendor dated it longer ago than the maximum age is stale.
+    fn check_age(&self, kind: SourceKind, body: &[u8]) -> Result<(), SourceError> {
+        let (Some(max), Some(at)) = (self.max_age, vendor_time(kind, body)) else {
+            return Ok(());
+        };
+        let age = ticks::Timedate::now().duration_since(at);
+        if age > max {
+            return Err(SourceError::Stale { at, age, max });
+        }
+        Ok(())
     }
 
     /// GETs `url` and returns its body if the status is 2xx, within the request's time budget.

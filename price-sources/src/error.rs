@@ -63,6 +63,20 @@ pub enum SourceError {
     #[error("{reason} at {path}")]
     BadPrice { path: String, reason: String },
 
+    /// The vendor's own timestamp of its answer (CoinDesk's `time.updatedISO`, Bitstamp's
+    /// `timestamp`) is older than the chain's maximum age: a frozen source (a stale mirror, a
+    /// cache, a vendor that stopped updating) whose price is not live.
+    #[error(
+        "the answer is dated {at}, {} s ago (more than {} s): a frozen source, not a live price",
+        age.as_secs(),
+        max.as_secs()
+    )]
+    Stale {
+        at: ticks::Timedate,
+        age: Duration,
+        max: Duration,
+    },
+
     /// A valid price outside [`PLAUSIBLE`].
     #[error(
         "implausible price {price} (outside {}..={}) at {path}",
@@ -81,7 +95,7 @@ pub struct Mismatch {
 
 impl SourceError {
     /// A stable label for metrics: `timeout`, `transport`, `http_status`, `rate_limited`,
-    /// `not_json`, `error_body`, `missing_field`, `bad_price` or `implausible_price`.
+    /// `not_json`, `error_body`, `missing_field`, `bad_price`, `implausible_price` or `stale`.
     pub fn kind(&self) -> &'static str {
         match self {
             SourceError::Timeout { .. } => "timeout",
@@ -94,6 +108,7 @@ impl SourceError {
             SourceError::MissingField { .. } => "missing_field",
             SourceError::BadPrice { .. } => "bad_price",
             SourceError::ImplausiblePrice { .. } => "implausible_price",
+            SourceError::Stale { .. } => "stale",
         }
     }
 

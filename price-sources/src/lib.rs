@@ -31,7 +31,7 @@ use std::str::FromStr;
 
 pub use chain::{Quote, Sample, SourceChain, SourceConfig, SourceFailure};
 pub use error::{ConfigError, Mismatch, SourceError, UnknownSource};
-pub use parse::parse;
+pub use parse::{parse, vendor_time};
 
 /// The range a BTC price must fall in, in any currency we publish. Anything outside is a broken or
 /// hostile source (a price in satoshis, a misplaced decimal point), never a tick.

@@ -37,6 +37,29 @@ pub fn parse(
         .collect()
 }
 
+/// When the vendor says its answer was made, for the vendors whose answer says so: CoinDesk
+/// (`time.updatedISO`) and Bitstamp (`timestamp`, unix seconds). Kraken's ticker, Coinbase's spot
+/// price and CoinGecko's simple price as we request them carry no time. A missing or unreadable
+/// time is `None`: the price is judged on its own.
+pub fn vendor_time(kind: SourceKind, body: &[u8]) -> Option<ticks::Timedate> {
+    let root = Node::root(body).ok()?;
+    match kind {
+        SourceKind::CoinDesk => root
+            .lookup(&[Step::Key("time"), Step::Key("updatedISO")])
+            .ok()?
+            .string()
+            .ok()?
+            .parse()
+            .ok(),
+        SourceKind::Bitstamp => {
+            let text = root.lookup(&[Step::Key("timestamp")]).ok()?.string().ok()?;
+            let seconds: i64 = text.parse().ok()?;
+            ticks::Timedate::from_unix_millis(seconds.checked_mul(1000)?)
+        }
+        _ => None,
+    }
+}
+
 /// What one body said about each requested currency, or why the whole body is unusable.
 pub(crate) type PerCurrency = Vec<(Currency, Result<Price, SourceError>)>;
 

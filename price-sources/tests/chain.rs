@@ -839,3 +839,53 @@ async fn each_failure_is_logged_once_and_demo_data_is_announced() {
         lines[1]
     );
 }
+
+const COINDESK: &str = "/v1/bpi/currentprice.json";
+
+#[tokio::test]
+async fn a_source_whose_answer_is_dated_long_ago_is_frozen_and_the_next_one_answers() {
+    // The recorded CoinDesk answer is dated 2024-08-18: today, a mirror serving it is frozen.
+    let coindesk = FakeVendor::start(vec![(COINDESK, ok("coindesk.json"))]).await;
+    let coinbase = healthy_coinbase().await;
+    let chain = chain(
+        &[
+            (SourceKind::CoinDesk, &coindesk),
+            (SourceKind::Coinbase, &coinbase),
+        ],
+        Duration::from_secs(2),
+    )
+    .with_max_age(Duration::from_secs(300));
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(
+        quotes(&sample),
+        from_coinbase(),
+        "never CoinDesk's 2024 price"
+    );
+    let failures = failures(&sample);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let (source, kind, message) = &failures[0];
+    assert_eq!((*source, *kind), (SourceKind::CoinDesk, "stale"));
+    assert!(
+        message.starts_with("the answer is dated 2024-08-18T04:19:23Z, ")
+            && message.ends_with(" s ago (more than 300 s): a frozen source, not a live price"),
+        "{message}"
+    );
+
+    // The same answer dated now is a live price.
+    let now = ticks::Timedate::now().to_string();
+    let fresh = String::from_utf8(fixture("coindesk.json"))
+        .unwrap()
+        .replace("2024-08-18T04:19:23+00:00", &now);
+    let coindesk = FakeVendor::start(vec![(COINDESK, status(200, fresh))]).await;
+    let chain = self::chain(&[(SourceKind::CoinDesk, &coindesk)], Duration::from_secs(2))
+        .with_max_age(Duration::from_secs(300));
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(
+        quotes(&sample),
+        vec![
+            (USD, "59524.4038".into(), SourceKind::CoinDesk),
+            (EUR, "53958.5744".into(), SourceKind::CoinDesk),
+        ]
+    );
+    assert!(sample.failures.is_empty());
+}

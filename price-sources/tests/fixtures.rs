@@ -222,3 +222,25 @@ fn the_demo_source_has_nothing_to_parse() {
     let err = parse(SourceKind::Demo, &[USD], &fixture("kraken.json")).unwrap_err();
     assert_eq!(err.kind(), "error_body");
 }
+
+#[test]
+fn the_vendors_that_date_their_answers_are_read_for_their_date() {
+    let at = |kind, name| price_sources::vendor_time(kind, &fixture(name)).map(|t| t.to_string());
+    assert_eq!(
+        at(SourceKind::CoinDesk, "coindesk.json").as_deref(),
+        Some("2024-08-18T04:19:23Z")
+    );
+    assert_eq!(
+        at(SourceKind::Bitstamp, "bitstamp.json").as_deref(),
+        Some("2026-09-27T13:33:10Z")
+    );
+    // Kraken's ticker, Coinbase's spot price and CoinGecko's simple price carry no date.
+    assert_eq!(at(SourceKind::Kraken, "kraken.json"), None);
+    assert_eq!(at(SourceKind::Coinbase, "coinbase.json"), None);
+    assert_eq!(at(SourceKind::CoinGecko, "coingecko.json"), None);
+    assert_eq!(
+        at(SourceKind::CoinDesk, "kraken.json"),
+        None,
+        "no date, no verdict"
+    );
+}

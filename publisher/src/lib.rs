@@ -92,6 +92,9 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Timeout of one source request (each is also cut short by the slot's deadline).
     pub request_timeout: Duration,
+    /// An answer its vendor dated longer ago than this is a source error (a frozen source), for
+    /// the vendors that date their answers.
+    pub source_max_age: Duration,
     pub db: PathBuf,
     pub broker: BrokerMode,
     /// The publisher's broker password: required for an external broker; for the embedded one, a
@@ -157,7 +160,8 @@ impl Feed {
             anyhow::bail!("--request-timeout must be more than 0");
         }
         let chain = SourceChain::new(config.sources.clone(), config.request_timeout)
-            .context("invalid price source configuration")?;
+            .context("invalid price source configuration")?
+            .with_max_age(config.source_max_age);
         let credentials = match (&config.broker, &config.publisher_password) {
             (_, Some(password)) => Credentials::publisher(password.clone()),
             (BrokerMode::Embedded { .. }, None) => Credentials::random_publisher(),

@@ -53,6 +53,12 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
     request_timeout: Option<Duration>,
 
+    /// A source answer its vendor dated longer ago than this is refused as frozen (a stale mirror,
+    /// a cache, a vendor that stopped updating), for the vendors that date their answers (CoinDesk,
+    /// Bitstamp).
+    #[arg(long, env = "PRICEFEED_SOURCE_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    source_max_age: Duration,
+
     /// SQLite file holding every tick and gap.
     #[arg(long, env = "PRICEFEED_DB", default_value = "pricefeed.db")]
     db: PathBuf,
@@ -339,6 +345,7 @@ impl Cli {
             currencies: self.currency.0,
             sources,
             request_timeout,
+            source_max_age: self.source_max_age,
             db: self.db,
             broker,
             publisher_password: self.broker_password,

@@ -27,6 +27,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
             })
             .collect(),
         request_timeout: Duration::from_millis(150),
+        source_max_age: Duration::from_secs(300),
         db: db.to_path_buf(),
         broker: BrokerMode::Embedded {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -353,4 +354,47 @@ async fn a_refused_start_leaves_the_store_as_it_was() {
     cfg.request_timeout = Duration::ZERO;
     assert!(Feed::build(cfg).await.is_err());
     assert!(!fresh.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_source_is_a_recorded_gap_never_an_old_price_as_a_live_tick() {
+    // The CoinDesk answer as recorded, dated August 2024, served as if it were current.
+    let frozen = FixtureServer::coindesk_as_recorded().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let feed = start(config(&db, &[(SourceKind::CoinDesk, &frozen)])).await;
+    let mut sub = TickSubscriber::connect(feed.mqtt, "display", "btc/+").await;
+    let mut status = TickSubscriber::connect(feed.mqtt, "watcher", "pricefeed/status").await;
+    let mut saw_down = false;
+    while let Some(m) = status.next(WAIT).await {
+        if m.payload.contains(r#""state":"down""#) {
+            saw_down = true;
+            break;
+        }
+    }
+    assert!(saw_down, "the feed says it is down");
+    assert!(!frozen.hits().is_empty(), "the source was asked");
+    assert_eq!(
+        sub.next(Duration::from_millis(6 * INTERVAL_MS)).await,
+        None,
+        "no 2024 price published as a live tick"
+    );
+    feed.stop().await;
+    let store = HistoryStore::open(&db).unwrap();
+    let gaps = store
+        .read(move |s| {
+            s.gaps_overlapping(&Currency::ALL, Timedate::from_unix_millis(0).unwrap(), None)
+        })
+        .await
+        .unwrap();
+    assert!(
+        gaps.iter()
+            .any(|g| g.reason == ticks::GapReason::SourcesUnavailable),
+        "the frozen slots are a recorded gap: {gaps:?}"
+    );
+    let ticks = store
+        .read(move |s| s.ticks_since(Currency::USD, Timedate::EPOCH, 100))
+        .await
+        .unwrap();
+    assert!(ticks.is_empty(), "nothing stored: {ticks:?}");
 }

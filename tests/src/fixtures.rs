@@ -83,8 +83,18 @@ impl FixtureServer {
         FixtureServer::start(&[("/0/public/Ticker", fixture("kraken.json"))]).await
     }
 
-    /// The CoinDesk BPI v1 format of the original brief.
+    /// The CoinDesk BPI v1 format of the original brief: the recorded answer's prices, dated now
+    /// (the feed refuses an answer its vendor dated long ago).
     pub async fn coindesk() -> FixtureServer {
+        let recorded = fixture("coindesk.json");
+        let now = ticks::Timedate::now().to_string();
+        let fresh = recorded.replace("2024-08-18T04:19:23+00:00", &now);
+        assert_ne!(fresh, recorded, "the recorded CoinDesk answer has its date");
+        FixtureServer::start(&[("/v1/bpi/currentprice.json", fresh)]).await
+    }
+
+    /// The CoinDesk answer exactly as recorded, dated August 2024: a frozen source today.
+    pub async fn coindesk_as_recorded() -> FixtureServer {
         FixtureServer::start(&[("/v1/bpi/currentprice.json", fixture("coindesk.json"))]).await
     }
 

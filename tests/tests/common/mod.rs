@@ -42,6 +42,7 @@ impl TestFeed {
                 base_url: String::new(),
             }],
             request_timeout: Duration::from_millis(50),
+            source_max_age: Duration::from_secs(300),
             db: db.clone(),
             broker,
             publisher_password: password,
