@@ -1,6 +1,7 @@
 //! The chain of sources: one HTTP client, the requests each vendor needs, and the fall-through.
 
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -8,7 +9,7 @@ use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
 use reqwest::{Client, StatusCode, Url};
 use ticks::{Currency, Price};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::demo::DemoWalk;
 use crate::error::{ConfigError, SourceError};
@@ -18,6 +19,13 @@ use crate::{SourceKind, distinct};
 /// The most bytes read from one response. A ticker answer is well under 2 KiB; this only stops a
 /// broken or hostile server from filling memory.
 const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Samples in a row in which a source gave no price before its circuit breaker skips it.
+pub const BREAKER_TRIPS_AFTER: u32 = 3;
+/// How long a tripped source is first skipped before one probe; doubled each time a probe fails,
+/// up to [`BREAKER_COOLDOWN_MAX`].
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+pub const BREAKER_COOLDOWN_MAX: Duration = Duration::from_secs(300);
 
 /// Some vendors (Kraken, CoinGecko behind Cloudflare) refuse requests without a User-Agent.
 const USER_AGENT: &str = concat!("pricefeed/", env!("CARGO_PKG_VERSION"));
@@ -97,8 +105,24 @@ pub struct SourceChain {
     request_timeout: Duration,
     /// An answer the vendor dated longer ago than this is a [`SourceError::Stale`].
     max_age: Option<Duration>,
+    /// One per source, in order.
+    breakers: Mutex<Vec<Breaker>>,
+    /// The first cooldown of a tripped breaker, and the longest.
+    cooldown: (Duration, Duration),
     /// One walk for the whole chain, so listing `demo` twice does not fork the price.
     demo: Option<DemoWalk>,
+}
+
+/// A source's circuit breaker: a source that keeps failing (a dead vendor that costs a timeout)
+/// is skipped for a while instead of delaying every slot, then probed with one request.
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Samples in a row in which the source gave no price.
+    failures: u32,
+    /// While set and in the future, the source is skipped.
+    open_until: Option<Instant>,
+    /// The next cooldown; doubles each time a probe fails.
+    cooldown: Duration,
 }
 
 #[derive(Debug)]
@@ -152,12 +176,68 @@ impl SourceChain {
             DemoWalk::new()
         });
         Ok(SourceChain {
+            breakers: Mutex::new(sources.iter().map(|_| Breaker::default()).collect()),
             sources,
             client,
             request_timeout,
             max_age: None,
+            cooldown: (BREAKER_COOLDOWN, BREAKER_COOLDOWN_MAX),
             demo,
         })
+    }
+
+    /// Sets how long a tripped source is first skipped, and the longest (tests).
+    pub fn with_breaker_cooldown(mut self, first: Duration, max: Duration) -> SourceChain {
+        self.cooldown = (first, max.max(first));
+        self
+    }
+
+    fn breakers(&self) -> std::sync::MutexGuard<'_, Vec<Breaker>> {
+        self.breakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether source `i` is skipped now; if so, the failure that says so.
+    fn skipped(&self, i: usize) -> Option<SourceError> {
+        let breakers = self.breakers();
+        let breaker = &breakers[i];
+        let until = breaker.open_until?;
+        let now = Instant::now();
+        (now < until).then(|| SourceError::CircuitOpen {
+            failures: breaker.failures,
+            retry_in: until - now,
+        })
+    }
+
+    /// Records whether source `i` gave any price this sample.
+    fn settle_breaker(&self, i: usize, answered: bool) {
+        let kind = self.sources[i].kind;
+        let mut breakers = self.breakers();
+        let breaker = &mut breakers[i];
+        if answered {
+            if breaker.open_until.is_some() {
+                info!(source = %kind, "the source answers again; no longer skipped");
+            }
+            *breaker = Breaker::default();
+            return;
+        }
+        breaker.failures += 1;
+        let probe_failed = breaker.open_until.is_some();
+        if breaker.failures >= BREAKER_TRIPS_AFTER {
+            let (first, max) = self.cooldown;
+            let cooldown = if probe_failed {
+                (breaker.cooldown * 2).min(max)
+            } else {
+                first
+            };
+            breaker.cooldown = cooldown;
+            breaker.open_until = Some(Instant::now() + cooldown);
+            warn!(
+                source = %kind,
+                failures = breaker.failures,
+                skipped_for = ?cooldown,
+                "the source keeps failing; skipping it, then one probe"
+            );
+        }
     }
 
     /// Refuses answers that their vendor dated more than `max_age` ago (for the vendors that date
@@ -186,39 +266,76 @@ impl SourceChain {
     pub async fn sample(&self, wanted: &[Currency], deadline: Instant) -> Sample {
         let mut missing = distinct(wanted);
         let mut sample = Sample::default();
-        for source in &self.sources {
+        // Sources whose breaker is open are passed over while others can answer; if none could,
+        // they are asked after all (a breaker saves time, it must not cost a price).
+        let mut passed_over = Vec::new();
+        for i in 0..self.sources.len() {
             if missing.is_empty() || Instant::now() >= deadline {
                 break;
             }
-            for outcome in self.ask(source, &missing, deadline).await {
-                let per_currency = match outcome {
-                    Ok(per_currency) => per_currency,
-                    Err(error) => {
-                        sample.failures.push(failure(source.kind, error));
-                        continue;
-                    }
-                };
-                for (currency, price) in per_currency {
-                    match price {
-                        Ok(price) if missing.contains(&currency) => {
-                            debug!(source = %source.kind, %currency, %price, "price sampled");
-                            missing.retain(|c| *c != currency);
-                            sample.quotes.push(Quote {
-                                currency,
-                                price,
-                                source: source.kind,
-                            });
-                        }
-                        Ok(_) => {}
-                        Err(error) => sample.failures.push(failure(source.kind, error)),
-                    }
-                }
+            if let Some(skipped) = self.skipped(i) {
+                passed_over.push((i, skipped));
+                continue;
+            }
+            self.take(i, &mut missing, &mut sample, deadline).await;
+        }
+        for (i, skipped) in passed_over {
+            let kind = self.sources[i].kind;
+            if missing.is_empty() || Instant::now() >= deadline {
+                debug!(source = %kind, error = %skipped, "price source skipped");
+                sample.failures.push(SourceFailure {
+                    source: kind,
+                    error: skipped,
+                });
+            } else {
+                self.take(i, &mut missing, &mut sample, deadline).await;
             }
         }
         sample
             .quotes
             .sort_by_key(|q| wanted.iter().position(|c| *c == q.currency));
         sample
+    }
+
+    /// Asks source `i` for the `missing` currencies, moves what it answers into `sample`, and
+    /// tells its breaker whether it gave any price.
+    async fn take(
+        &self,
+        i: usize,
+        missing: &mut Vec<Currency>,
+        sample: &mut Sample,
+        deadline: Instant,
+    ) {
+        let source = &self.sources[i];
+        let mut answered = false;
+        for outcome in self.ask(source, missing, deadline).await {
+            let per_currency = match outcome {
+                Ok(per_currency) => per_currency,
+                Err(error) => {
+                    sample.failures.push(failure(source.kind, error));
+                    continue;
+                }
+            };
+            for (currency, price) in per_currency {
+                answered |= price.is_ok();
+                match price {
+                    Ok(price) if missing.contains(&currency) => {
+                        debug!(source = %source.kind, %currency, %price, "price sampled");
+                        missing.retain(|c| *c != currency);
+                        sample.quotes.push(Quote {
+                            currency,
+                            price,
+                            source: source.kind,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(error) => sample.failures.push(failure(source.kind, error)),
+                }
+            }
+        }
+        if !source.kind.is_demo() {
+            self.settle_breaker(i, answered);
+        }
     }
 
     /// Asks one source for `missing`: one outcome per HTTP request made (one in all for the demo).

@@ -77,6 +77,14 @@ pub enum SourceError {
         max: Duration,
     },
 
+    /// Not asked: the source failed every request of its last `failures` samples in a row, and its
+    /// circuit breaker skips it until it is probed again.
+    #[error(
+        "skipped: it failed {failures} samples in a row; asked again in {} s",
+        retry_in.as_secs().max(1)
+    )]
+    CircuitOpen { failures: u32, retry_in: Duration },
+
     /// A valid price outside [`PLAUSIBLE`].
     #[error(
         "implausible price {price} (outside {}..={}) at {path}",
@@ -95,7 +103,8 @@ pub struct Mismatch {
 
 impl SourceError {
     /// A stable label for metrics: `timeout`, `transport`, `http_status`, `rate_limited`,
-    /// `not_json`, `error_body`, `missing_field`, `bad_price`, `implausible_price` or `stale`.
+    /// `not_json`, `error_body`, `missing_field`, `bad_price`, `implausible_price`, `stale` or
+    /// `circuit_open` (skipped, not asked).
     pub fn kind(&self) -> &'static str {
         match self {
             SourceError::Timeout { .. } => "timeout",
@@ -109,6 +118,7 @@ impl SourceError {
             SourceError::BadPrice { .. } => "bad_price",
             SourceError::ImplausiblePrice { .. } => "implausible_price",
             SourceError::Stale { .. } => "stale",
+            SourceError::CircuitOpen { .. } => "circuit_open",
         }
     }
 

@@ -37,30 +37,46 @@ struct Seen {
 struct FakeVendor {
     base_url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    routes: Routes,
 }
+
+type Routes = Arc<Mutex<HashMap<String, Reply>>>;
 
 impl FakeVendor {
     async fn start(routes: Vec<(&str, Reply)>) -> FakeVendor {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let routes: Arc<HashMap<String, Reply>> = Arc::new(
+        let routes: Routes = Arc::new(Mutex::new(
             routes
                 .into_iter()
                 .map(|(target, reply)| (target.to_string(), reply))
                 .collect(),
-        );
+        ));
+        let routes_of_server = Arc::clone(&routes);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen_by_server = Arc::clone(&seen);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(answer(
                     stream,
-                    Arc::clone(&routes),
+                    Arc::clone(&routes_of_server),
                     Arc::clone(&seen_by_server),
                 ));
             }
         });
-        FakeVendor { base_url, seen }
+        FakeVendor {
+            base_url,
+            seen,
+            routes,
+        }
+    }
+
+    /// From now on, answers `target` with `reply`.
+    fn set(&self, target: &str, reply: Reply) {
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(target.to_string(), reply);
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -74,11 +90,7 @@ impl FakeVendor {
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    routes: Arc<HashMap<String, Reply>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) {
+async fn answer(mut stream: TcpStream, routes: Routes, seen: Arc<Mutex<Vec<Seen>>>) {
     let mut request = Vec::new();
     let mut buf = [0u8; 4096];
     let head_end = loop {
@@ -106,11 +118,16 @@ async fn answer(
         headers,
     });
 
-    let reply = routes.get(&target).cloned().unwrap_or(Reply::Send {
-        status: 404,
-        body: b"no such route in the fake vendor".to_vec(),
-        content_length: true,
-    });
+    let reply = routes
+        .lock()
+        .unwrap()
+        .get(&target)
+        .cloned()
+        .unwrap_or(Reply::Send {
+            status: 404,
+            body: b"no such route in the fake vendor".to_vec(),
+            content_length: true,
+        });
     match reply {
         Reply::Hang => std::future::pending::<()>().await,
         Reply::Send {
@@ -888,4 +905,130 @@ async fn a_source_whose_answer_is_dated_long_ago_is_frozen_and_the_next_one_answ
         ]
     );
     assert!(sample.failures.is_empty());
+}
+
+#[tokio::test]
+async fn a_source_that_keeps_failing_is_skipped_then_probed_with_a_growing_cooldown() {
+    // Kraken never answers: without a breaker every sample would wait its timeout first.
+    let kraken = FakeVendor::start(vec![(KRAKEN_BOTH, Reply::Hang)]).await;
+    let coinbase = healthy_coinbase().await;
+    let chain = chain(
+        &[
+            (SourceKind::Kraken, &kraken),
+            (SourceKind::Coinbase, &coinbase),
+        ],
+        Duration::from_millis(200),
+    )
+    .with_breaker_cooldown(Duration::from_millis(600), Duration::from_secs(5));
+    let kinds = |sample: &Sample| -> Vec<(SourceKind, &'static str)> {
+        failures(sample)
+            .into_iter()
+            .map(|(s, k, _)| (s, k))
+            .collect()
+    };
+    for n in 1..=3 {
+        let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+        assert_eq!(quotes(&sample), from_coinbase());
+        assert_eq!(kinds(&sample), vec![(SourceKind::Kraken, "timeout")]);
+        assert_eq!(kraken.seen().len(), n, "asked in sample {n}");
+    }
+    // Tripped: skipped without a request, the failure says so, Coinbase answers at once.
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(quotes(&sample), from_coinbase());
+    assert_eq!(kinds(&sample), vec![(SourceKind::Kraken, "circuit_open")]);
+    assert!(
+        failures(&sample)[0]
+            .2
+            .starts_with("skipped: it failed 3 samples in a row; asked again in "),
+        "{:?}",
+        failures(&sample)
+    );
+    assert_eq!(kraken.seen().len(), 3, "not asked while skipped");
+    // After the cooldown, one probe; it fails, so skipped again (for twice as long).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(kinds(&sample), vec![(SourceKind::Kraken, "timeout")]);
+    assert_eq!(kraken.seen().len(), 4, "one probe");
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(kinds(&sample), vec![(SourceKind::Kraken, "circuit_open")]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(
+        kinds(&sample),
+        vec![(SourceKind::Kraken, "circuit_open")],
+        "the second cooldown is 1.2 s"
+    );
+    assert_eq!(kraken.seen().len(), 4);
+}
+
+#[tokio::test]
+async fn a_tripped_source_that_answers_its_probe_is_asked_first_again() {
+    // Coinbase fails (500) three samples in a row: a vendor in an outage, then back.
+    let coinbase = FakeVendor::start(vec![
+        (COINBASE_USD, status(500, "down")),
+        (COINBASE_EUR, status(500, "down")),
+    ])
+    .await;
+    let kraken = FakeVendor::start(vec![(KRAKEN_BOTH, ok("kraken.json"))]).await;
+    let chain = chain(
+        &[
+            (SourceKind::Coinbase, &coinbase),
+            (SourceKind::Kraken, &kraken),
+        ],
+        Duration::from_millis(500),
+    )
+    .with_breaker_cooldown(Duration::from_millis(300), Duration::from_secs(5));
+    for _ in 0..3 {
+        let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+        assert_eq!(sample.quotes.len(), 2, "Kraken fills in");
+    }
+    let asked = coinbase.seen().len();
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(coinbase.seen().len(), asked, "skipped");
+    assert!(sample.quotes.iter().all(|q| q.source == SourceKind::Kraken));
+    // Back: the probe after the cooldown answers, and Coinbase is the first source again.
+    coinbase.set(COINBASE_USD, ok("coinbase.json"));
+    coinbase.set(COINBASE_EUR, ok("coinbase_spot_btc_eur.json"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..2 {
+        let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+        assert_eq!(quotes(&sample), from_coinbase());
+        assert!(sample.failures.is_empty(), "{:?}", failures(&sample));
+    }
+}
+
+#[tokio::test]
+async fn when_every_source_is_skipped_they_are_asked_anyway_so_recovery_is_not_delayed() {
+    let coinbase = FakeVendor::start(vec![
+        (COINBASE_USD, status(500, "down")),
+        (COINBASE_EUR, status(500, "down")),
+    ])
+    .await;
+    let kraken = FakeVendor::start(vec![(KRAKEN_BOTH, status(500, "down"))]).await;
+    let chain = chain(
+        &[
+            (SourceKind::Coinbase, &coinbase),
+            (SourceKind::Kraken, &kraken),
+        ],
+        Duration::from_millis(500),
+    );
+    for _ in 0..3 {
+        assert!(
+            chain
+                .sample(&[USD, EUR], in_ms(5_000))
+                .await
+                .quotes
+                .is_empty()
+        );
+    }
+    // Both tripped (30 s cooldown). Kraken is back: the very next sample has its prices.
+    kraken.set(KRAKEN_BOTH, ok("kraken.json"));
+    let sample = chain.sample(&[USD, EUR], in_ms(5_000)).await;
+    assert_eq!(
+        quotes(&sample),
+        vec![
+            (USD, "77726.1".into(), SourceKind::Kraken),
+            (EUR, "68644.2".into(), SourceKind::Kraken),
+        ]
+    );
 }
