@@ -297,6 +297,30 @@ impl SourceChain {
         sample
     }
 
+    /// A second opinion on `currency`, whose price from `except` jumped: the other sources, in
+    /// order (a tripped one passed over), until one gives a price or `deadline` passes. Returns
+    /// the quote, if any, and the failures on the way.
+    pub async fn confirm(
+        &self,
+        currency: Currency,
+        except: SourceKind,
+        deadline: Instant,
+    ) -> (Option<Quote>, Vec<SourceFailure>) {
+        let mut missing = vec![currency];
+        let mut sample = Sample::default();
+        for i in 0..self.sources.len() {
+            let kind = self.sources[i].kind;
+            if kind == except || missing.is_empty() || Instant::now() >= deadline {
+                continue;
+            }
+            if self.skipped(i).is_some() {
+                continue;
+            }
+            self.take(i, &mut missing, &mut sample, deadline).await;
+        }
+        (sample.quotes.pop(), sample.failures)
+    }
+
     /// Asks source `i` for the `missing` currencies, moves what it answers into `sample`, and
     /// tells its breaker whether it gave any price.
     async fn take(

@@ -1032,3 +1032,37 @@ async fn when_every_source_is_skipped_they_are_asked_anyway_so_recovery_is_not_d
         ]
     );
 }
+
+#[tokio::test]
+async fn a_second_opinion_asks_every_source_but_the_one_whose_price_jumped() {
+    let kraken = FakeVendor::start(vec![(KRAKEN_BOTH, ok("kraken.json"))]).await;
+    let coinbase = healthy_coinbase().await;
+    let chain = chain(
+        &[
+            (SourceKind::Kraken, &kraken),
+            (SourceKind::Coinbase, &coinbase),
+        ],
+        Duration::from_secs(2),
+    );
+    let (quote, failures) = chain.confirm(USD, SourceKind::Kraken, in_ms(5_000)).await;
+    let quote = quote.expect("Coinbase answers");
+    assert_eq!(
+        (quote.currency, quote.price.to_string(), quote.source),
+        (USD, "81401.385".to_string(), SourceKind::Coinbase)
+    );
+    assert!(failures.is_empty());
+    assert!(
+        kraken.seen().is_empty(),
+        "the jumping source is not its own witness"
+    );
+    assert_eq!(coinbase.targets(), vec![COINBASE_USD.to_string()]);
+    // With no other source, no second opinion.
+    let alone = self::chain(&[(SourceKind::Kraken, &kraken)], Duration::from_secs(2));
+    assert!(
+        alone
+            .confirm(USD, SourceKind::Kraken, in_ms(5_000))
+            .await
+            .0
+            .is_none()
+    );
+}

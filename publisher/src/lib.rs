@@ -95,6 +95,9 @@ pub struct Config {
     /// An answer its vendor dated longer ago than this is a source error (a frozen source), for
     /// the vendors that date their answers.
     pub source_max_age: Duration,
+    /// A price that moved more than this fraction from the last tick is published only if a second
+    /// source confirms it (`None`: no check).
+    pub max_move: Option<f64>,
     pub db: PathBuf,
     pub broker: BrokerMode,
     /// The publisher's broker password: required for an external broker; for the embedded one, a
@@ -155,6 +158,12 @@ impl Feed {
         if config.sources.len() > 1 && demo {
             // A random walk filling in for a real outage would be an invented price labelled live.
             anyhow::bail!("--source demo cannot be combined with real sources");
+        }
+        if config
+            .max_move
+            .is_some_and(|m| !(m.is_finite() && m > 0.0 && m <= 10.0))
+        {
+            anyhow::bail!("--max-move must be a fraction above 0 and at most 10 (0.1 is 10%)");
         }
         if config.request_timeout.is_zero() {
             anyhow::bail!("--request-timeout must be more than 0");
@@ -376,6 +385,7 @@ impl Feed {
             clock: config.clock.clone(),
             gate,
             node: node_id,
+            max_move: config.max_move,
         };
         slots.run(shutdown.clone()).await;
 

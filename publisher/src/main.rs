@@ -59,6 +59,12 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_SOURCE_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     source_max_age: Duration,
 
+    /// A price that moved more than this fraction from the last tick in one slot (0.1: 10%) is
+    /// published only if a second source confirms it; otherwise the slot is a `price_unconfirmed`
+    /// gap. 0 turns the check off.
+    #[arg(long, env = "PRICEFEED_MAX_MOVE", default_value_t = 0.1)]
+    max_move: f64,
+
     /// SQLite file holding every tick and gap.
     #[arg(long, env = "PRICEFEED_DB", default_value = "pricefeed.db")]
     db: PathBuf,
@@ -346,6 +352,7 @@ impl Cli {
             sources,
             request_timeout,
             source_max_age: self.source_max_age,
+            max_move: (self.max_move != 0.0).then_some(self.max_move),
             db: self.db,
             broker,
             publisher_password: self.broker_password,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use history_api::Metrics;
 use history_store::HistoryStore;
-use price_sources::{Sample, SourceChain};
+use price_sources::{Quote, Sample, SourceChain, SourceKind};
 use serde::Serialize;
 use ticks::{Currency, GAPS_TOPIC, Gap, GapReason, Interval, STATUS_TOPIC, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
@@ -114,6 +114,14 @@ pub trait Sampler: Send + Sync {
 
     /// Whether the prices are invented (the demo source).
     fn uses_demo(&self) -> bool;
+
+    /// A second opinion on `currency`, from any source but `except`, by `deadline`.
+    fn confirm(
+        &self,
+        currency: Currency,
+        except: SourceKind,
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Option<Quote>> + Send;
 }
 
 impl Sampler for SourceChain {
@@ -127,6 +135,19 @@ impl Sampler for SourceChain {
 
     fn uses_demo(&self) -> bool {
         SourceChain::uses_demo(self)
+    }
+
+    async fn confirm(
+        &self,
+        currency: Currency,
+        except: SourceKind,
+        deadline: tokio::time::Instant,
+    ) -> Option<Quote> {
+        let (quote, failures) = SourceChain::confirm(self, currency, except, deadline).await;
+        if quote.is_none() {
+            tracing::debug!(failures = failures.len(), "no second source answered");
+        }
+        quote
     }
 }
 
@@ -143,7 +164,17 @@ pub struct SlotLoop<S> {
     pub gate: Option<Gate>,
     /// In a cluster: this node's id, named in the status.
     pub node: Option<u64>,
+    /// A price that moved more than this fraction from the last tick (within the last
+    /// [`JUMP_REFERENCE_SLOTS`]) is published only if a second source confirms it.
+    pub max_move: Option<f64>,
 }
+
+/// How recent the last tick must be to judge a move against it: a price after a longer outage is
+/// not compared, so a real move seen by a single source is published after this many slots.
+pub const JUMP_REFERENCE_SLOTS: i64 = 12;
+
+/// How close a second source's price must be to confirm a jump.
+pub const CONFIRM_WITHIN: f64 = 0.01;
 
 /// How far into the slot sampling may run: a source that answers later is too late for this slot.
 fn sampling_budget(interval: Interval) -> Duration {
@@ -227,7 +258,7 @@ impl<S: Sampler> SlotLoop<S> {
                 slot = self.next_slot(slot, false).await;
                 continue;
             }
-            self.settle(slot, sample, &mut status).await;
+            self.settle(slot, sample, deadline, &mut status).await;
             processed += 1;
             // Announce changes of state only: a status per slot would be noise on a retained topic.
             let changed = announced
@@ -257,7 +288,13 @@ impl<S: Sampler> SlotLoop<S> {
     }
 
     /// Stores and publishes the ticks of one slot, records the currencies that got none.
-    async fn settle(&self, slot: Timedate, sample: Sample, status: &mut FeedStatus) {
+    async fn settle(
+        &self,
+        slot: Timedate,
+        sample: Sample,
+        deadline: tokio::time::Instant,
+        status: &mut FeedStatus,
+    ) {
         for failure in &sample.failures {
             self.metrics
                 .source_error(failure.source.name(), failure.error.kind());
@@ -277,6 +314,20 @@ impl<S: Sampler> SlotLoop<S> {
                 status.missing_since.entry(currency).or_insert(slot);
                 continue;
             };
+            if !self.plausible_move(slot, quote, deadline).await {
+                self.metrics
+                    .source_error(quote.source.name(), "unconfirmed_jump");
+                self.metrics.slot_missed(currency);
+                self.record_gap(
+                    currency,
+                    slot,
+                    slot.next(self.interval),
+                    GapReason::PriceUnconfirmed,
+                )
+                .await;
+                status.missing_since.entry(currency).or_insert(slot);
+                continue;
+            }
             let tick = Tick {
                 currency,
                 timedate: slot,
@@ -312,6 +363,49 @@ impl<S: Sampler> SlotLoop<S> {
             n if n == self.currencies.len() => FeedState::Live,
             _ => FeedState::Degraded,
         };
+    }
+
+    /// Whether `quote` may be published: it moved no more than `max_move` from the last tick (if
+    /// that is recent), or a second source confirms it.
+    async fn plausible_move(
+        &self,
+        slot: Timedate,
+        quote: &Quote,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let Some(max_move) = self.max_move else {
+            return true;
+        };
+        let last = match self.store.latest(quote.currency).await {
+            Ok(Some(last)) => last,
+            _ => return true,
+        };
+        let window = self.interval.as_duration().as_millis() as i64 * JUMP_REFERENCE_SLOTS;
+        if slot.unix_millis() - last.timedate.unix_millis() > window {
+            return true;
+        }
+        let (from, to) = (last.price.as_f64(), quote.price.as_f64());
+        let moved = (to - from).abs() / from;
+        if moved <= max_move {
+            return true;
+        }
+        let second = self
+            .chain
+            .confirm(quote.currency, quote.source, deadline)
+            .await;
+        match second {
+            Some(second) if (second.price.as_f64() - to).abs() / to <= CONFIRM_WITHIN => {
+                tracing::info!(currency = %quote.currency, from = %last.price, to = %quote.price,
+                    source = %quote.source, confirmed_by = %second.source, "a large move, confirmed by a second source");
+                true
+            }
+            other => {
+                tracing::warn!(currency = %quote.currency, slot = %slot, from = %last.price, to = %quote.price,
+                    source = %quote.source, second = ?other.map(|q| (q.source, q.price.to_string())),
+                    "a price moved more than --max-move and no second source confirmed it; not published");
+                false
+            }
+        }
     }
 
     /// On starting to publish: the slots between the last stored tick and now had no publisher.

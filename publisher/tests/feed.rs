@@ -28,6 +28,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
             .collect(),
         request_timeout: Duration::from_millis(150),
         source_max_age: Duration::from_secs(300),
+        max_move: None,
         db: db.to_path_buf(),
         broker: BrokerMode::Embedded {
             listen: "127.0.0.1:0".parse().unwrap(),

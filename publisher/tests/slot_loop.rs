@@ -13,7 +13,9 @@ use history_store::HistoryStore;
 use price_sources::{Quote, Sample, SourceKind};
 use publisher::clock::WallClock;
 use publisher::leadership::{Answer, Gate, Leadership};
-use publisher::slot_loop::{FeedState, FeedStatus, Sampler, SlotLoop, TickSink};
+use publisher::slot_loop::{
+    FeedState, FeedStatus, JUMP_REFERENCE_SLOTS, Sampler, SlotLoop, TickSink,
+};
 use ticks::{Currency, Gap, GapReason, Interval, Tick, Timedate};
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +70,8 @@ struct Scripted {
     steps: Mutex<VecDeque<Step>>,
     /// The wall-clock time at which each sample started.
     calls: Mutex<Vec<Timedate>>,
+    /// What each second opinion answers (none left: no second source answers).
+    confirms: Mutex<VecDeque<Option<&'static str>>>,
 }
 
 impl Sampler for Scripted {
@@ -108,6 +112,20 @@ impl Sampler for Scripted {
     fn uses_demo(&self) -> bool {
         false
     }
+
+    async fn confirm(
+        &self,
+        currency: Currency,
+        _except: SourceKind,
+        _deadline: tokio::time::Instant,
+    ) -> Option<Quote> {
+        let price = self.confirms.lock().unwrap().pop_front().flatten()?;
+        Some(Quote {
+            currency,
+            price: price.parse().unwrap(),
+            source: SourceKind::Coinbase,
+        })
+    }
 }
 
 struct Run {
@@ -124,7 +142,7 @@ async fn run(start: &str, run_for: Duration, steps: Vec<Step>, store: HistorySto
 
 /// [`run`] on the given clock.
 async fn run_on(clock: WallClock, run_for: Duration, steps: Vec<Step>, store: HistoryStore) -> Run {
-    run_clocked(clock, run_for, steps, store, None).await
+    run_clocked(clock, run_for, steps, store, None, None, vec![]).await
 }
 
 /// [`run`] as a node of a cluster whose election says what `leads` says.
@@ -135,7 +153,16 @@ async fn run_gated(
     store: HistoryStore,
     leads: Option<Arc<Election>>,
 ) -> Run {
-    run_clocked(WallClock::anchored(t(start)), run_for, steps, store, leads).await
+    run_clocked(
+        WallClock::anchored(t(start)),
+        run_for,
+        steps,
+        store,
+        leads,
+        None,
+        vec![],
+    )
+    .await
 }
 
 async fn run_clocked(
@@ -144,6 +171,8 @@ async fn run_clocked(
     steps: Vec<Step>,
     store: HistoryStore,
     leads: Option<Arc<Election>>,
+    max_move: Option<f64>,
+    confirms: Vec<Option<&'static str>>,
 ) -> Run {
     let shutdown = CancellationToken::new();
     let node = leads.is_some().then_some(2);
@@ -157,6 +186,7 @@ async fn run_clocked(
         clock: clock.clone(),
         steps: Mutex::new(steps.into()),
         calls: Mutex::new(vec![]),
+        confirms: Mutex::new(confirms.into()),
     });
     let slots = SlotLoop {
         interval: Interval::DEFAULT,
@@ -168,6 +198,7 @@ async fn run_clocked(
         clock,
         gate,
         node,
+        max_move,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -216,6 +247,15 @@ impl Sampler for SharedSampler {
     }
     fn uses_demo(&self) -> bool {
         false
+    }
+
+    async fn confirm(
+        &self,
+        currency: Currency,
+        except: SourceKind,
+        deadline: tokio::time::Instant,
+    ) -> Option<Quote> {
+        self.0.confirm(currency, except, deadline).await
     }
 }
 
@@ -725,4 +765,126 @@ async fn a_stepped_wall_clock_never_repeats_or_rewinds_a_slot_and_a_jump_ahead_i
             .collect();
         assert_eq!(stored, times, "{currency}: stored as published");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_price_that_jumps_is_published_only_if_a_second_source_confirms_it() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let both = |usd: &'static str| answer(&[(Currency::USD, usd), (Currency::EUR, "89000")]);
+    let r = run_clocked(
+        WallClock::anchored(t("2026-11-24T01:40:02.300Z")),
+        Duration::from_millis(23_000), // slots 05, 10, 15, 20, 25
+        vec![
+            both("97000"),
+            // -48% in one slot: no second source answers, so a gap, not a tick.
+            both("50000"),
+            // Back to normal: published (the reference is still 97000).
+            both("97100"),
+            // -20%, and a second source says 77,800: confirmed, published.
+            both("77700"),
+            // +25% from 77,700, and the second source disagrees (77,750): a gap.
+            both("97200"),
+        ],
+        store.clone(),
+        None,
+        Some(0.1),
+        vec![Some("77800"), Some("77750")],
+    )
+    .await;
+    let usd: Vec<(String, String)> = r
+        .recorder
+        .ticks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.currency == Currency::USD)
+        .map(|t| (t.timedate.to_string(), t.price.to_string()))
+        .collect();
+    assert_eq!(
+        usd,
+        vec![
+            ("2026-11-24T01:40:05Z".into(), "97000".into()),
+            ("2026-11-24T01:40:15Z".into(), "97100".into()),
+            ("2026-11-24T01:40:20Z".into(), "77700".into()),
+        ]
+    );
+    let gaps: Vec<(String, GapReason)> = r
+        .recorder
+        .gaps
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|g| (g.from.to_string(), g.reason))
+        .collect();
+    assert_eq!(
+        gaps,
+        vec![
+            ("2026-11-24T01:40:10Z".into(), GapReason::PriceUnconfirmed),
+            ("2026-11-24T01:40:25Z".into(), GapReason::PriceUnconfirmed),
+        ]
+    );
+    let text = r.metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l
+                == "pricefeed_source_errors_total{source=\"kraken\",kind=\"unconfirmed_jump\"} 2"),
+        "{text}"
+    );
+    // EUR never moved: every slot published.
+    assert_eq!(
+        r.recorder
+            .ticks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.currency == Currency::EUR)
+            .count(),
+        5
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_move_seen_by_a_single_source_is_published_once_the_last_tick_is_old() {
+    // A real crash with one source: the jump is held back for the reference window, then, with
+    // the last tick too old to judge against, published.
+    let store = HistoryStore::open_in_memory().unwrap();
+    let mut steps = vec![answer(&[
+        (Currency::USD, "97000"),
+        (Currency::EUR, "89000"),
+    ])];
+    for _ in 0..15 {
+        steps.push(answer(&[
+            (Currency::USD, "60000"),
+            (Currency::EUR, "89000"),
+        ]));
+    }
+    let r = run_clocked(
+        WallClock::anchored(t("2026-11-24T01:40:02.300Z")),
+        Duration::from_millis(78_000), // 16 slots
+        steps,
+        store,
+        None,
+        Some(0.1),
+        vec![],
+    )
+    .await;
+    let usd: Vec<String> = r
+        .recorder
+        .ticks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.currency == Currency::USD)
+        .map(|t| t.price.to_string())
+        .collect();
+    assert_eq!(usd[0], "97000");
+    assert!(
+        usd.len() >= 2 && usd[1..].iter().all(|p| p == "60000"),
+        "published after the window: {usd:?}"
+    );
+    let held = 16 - usd.len();
+    assert_eq!(
+        held as i64, JUMP_REFERENCE_SLOTS,
+        "held back for the window: {usd:?}"
+    );
 }

@@ -18,13 +18,17 @@ pub enum GapReason {
     PublisherDown,
     /// A price was fetched but could not be stored (e.g. a full disk), so it was not published.
     StoreUnavailable,
+    /// A price moved further from the last tick than the feed allows in one slot, and no second
+    /// source confirmed it: not published as a live price.
+    PriceUnconfirmed,
 }
 
 impl GapReason {
-    pub const ALL: [GapReason; 3] = [
+    pub const ALL: [GapReason; 4] = [
         GapReason::SourcesUnavailable,
         GapReason::PublisherDown,
         GapReason::StoreUnavailable,
+        GapReason::PriceUnconfirmed,
     ];
 
     /// The reason as it is written in answers and in the store: `sources_unavailable`, ….
@@ -33,6 +37,7 @@ impl GapReason {
             GapReason::SourcesUnavailable => "sources_unavailable",
             GapReason::PublisherDown => "publisher_down",
             GapReason::StoreUnavailable => "store_unavailable",
+            GapReason::PriceUnconfirmed => "price_unconfirmed",
         }
     }
 }

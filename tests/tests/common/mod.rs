@@ -43,6 +43,7 @@ impl TestFeed {
             }],
             request_timeout: Duration::from_millis(50),
             source_max_age: Duration::from_secs(300),
+            max_move: None,
             db: db.clone(),
             broker,
             publisher_password: password,
