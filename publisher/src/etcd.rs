@@ -5,7 +5,8 @@
 //! etcd's election is a raft-replicated key per candidate, ordered by creation, each bound to its
 //! candidate's lease. A node:
 //!
-//! 1. grants a lease of `ttl` and keeps it alive every `ttl / 3` (`LeaseKeepAlive`);
+//! 1. grants a lease of `ttl` and keeps it alive every `ttl / 3` (`LeaseKeepAlive`; a failed
+//!    keep-alive is tried again after a fifth of that, on a new stream);
 //! 2. campaigns (`Campaign` returns once its key is the oldest: it leads);
 //! 3. reads the leader every keep-alive round (`Leader`), to know whose history to ask first, and to
 //!    notice its own key gone;
@@ -297,7 +298,10 @@ mod client {
             let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
             loop {
                 let sent = Instant::now();
-                let answer = timeout(period, async {
+                // Half a period per try, and a failed try is followed by another soon: an etcd
+                // member lost (or its own leader election) must not cost the lease's whole fence
+                // in two slow tries against the member that is gone.
+                let answer = timeout(period / 2, async {
                     if stream.is_none() {
                         stream = Some(self.client.clone().lease_keep_alive(lease).await?);
                     }
@@ -306,10 +310,11 @@ mod client {
                     answers.message().await
                 })
                 .await;
-                match answer {
+                let next = match answer {
                     Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                         self.shared().alive_until =
                             Some(sent + Duration::from_secs(answer.ttl() as u64));
+                        sent + period
                     }
                     Ok(Ok(Some(_))) => return Err(TermError::LeaseExpired),
                     failed => {
@@ -322,9 +327,10 @@ mod client {
                         if alive.is_none_or(|until| Instant::now() >= until) {
                             return Err(TermError::LeaseUnconfirmed);
                         }
+                        Instant::now() + period / 5
                     }
-                }
-                tokio::time::sleep_until(sent + period).await;
+                };
+                tokio::time::sleep_until(next).await;
             }
         }
 
