@@ -146,11 +146,6 @@ impl Gate {
     pub async fn confirm(&self) -> bool {
         self.role() == Role::Active && self.leadership.check().await
     }
-
-    /// The election this gate polls.
-    pub fn leadership(&self) -> &Arc<dyn Leadership> {
-        &self.leadership
-    }
 }
 
 #[cfg(test)]

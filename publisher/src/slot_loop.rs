@@ -303,29 +303,15 @@ impl<S: Sampler> SlotLoop<S> {
         for &currency in &self.currencies {
             let Some(quote) = sample.quotes.iter().find(|q| q.currency == currency) else {
                 tracing::warn!(currency = %currency, slot = %slot, "no source gave a valid price; no tick for this slot");
-                self.metrics.slot_missed(currency);
-                self.record_gap(
-                    currency,
-                    slot,
-                    slot.next(self.interval),
-                    GapReason::SourcesUnavailable,
-                )
-                .await;
-                status.missing_since.entry(currency).or_insert(slot);
+                self.miss_slot(currency, slot, GapReason::SourcesUnavailable, status)
+                    .await;
                 continue;
             };
             if !self.plausible_move(slot, quote, deadline).await {
                 self.metrics
                     .source_error(quote.source.name(), "unconfirmed_jump");
-                self.metrics.slot_missed(currency);
-                self.record_gap(
-                    currency,
-                    slot,
-                    slot.next(self.interval),
-                    GapReason::PriceUnconfirmed,
-                )
-                .await;
-                status.missing_since.entry(currency).or_insert(slot);
+                self.miss_slot(currency, slot, GapReason::PriceUnconfirmed, status)
+                    .await;
                 continue;
             }
             let tick = Tick {
@@ -345,15 +331,8 @@ impl<S: Sampler> SlotLoop<S> {
                     tracing::error!(currency = %currency, slot = %slot, error = %e,
                         "cannot store the tick, so it is not published");
                     self.metrics.store_error();
-                    self.metrics.slot_missed(currency);
-                    self.record_gap(
-                        currency,
-                        slot,
-                        slot.next(self.interval),
-                        GapReason::StoreUnavailable,
-                    )
-                    .await;
-                    status.missing_since.entry(currency).or_insert(slot);
+                    self.miss_slot(currency, slot, GapReason::StoreUnavailable, status)
+                        .await;
                 }
             }
         }
@@ -363,6 +342,21 @@ impl<S: Sampler> SlotLoop<S> {
             n if n == self.currencies.len() => FeedState::Live,
             _ => FeedState::Degraded,
         };
+    }
+
+    /// A slot of `currency` that gets no tick: counted, recorded as a gap of `reason`, and noted
+    /// in the status.
+    async fn miss_slot(
+        &self,
+        currency: Currency,
+        slot: Timedate,
+        reason: GapReason,
+        status: &mut FeedStatus,
+    ) {
+        self.metrics.slot_missed(currency);
+        self.record_gap(currency, slot, slot.next(self.interval), reason)
+            .await;
+        status.missing_since.entry(currency).or_insert(slot);
     }
 
     /// Whether `quote` may be published: it moved no more than `max_move` from the last tick (if

@@ -97,6 +97,16 @@ fn prices(ticks: &[Tick], currency: Currency) -> HashSet<String> {
         .collect()
 }
 
+/// Whether `pricefeed/status` says `down` before it falls silent for [`WAIT`].
+async fn says_down(status: &mut TickSubscriber) -> bool {
+    while let Some(m) = status.next(WAIT).await {
+        if m.payload.contains(r#""state":"down""#) {
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_ticks_on_both_topics_one_per_slot_and_all_stored() {
     let kraken = FixtureServer::kraken().await;
@@ -184,14 +194,10 @@ async fn a_failing_source_falls_through_and_an_outage_publishes_nothing_until_re
     // Every source down (one failing, one serving HTML): no tick at all, and the status says so.
     kraken.set_mode(Mode::Hang);
     coindesk.set_mode(Mode::Html);
-    let mut saw_down = false;
-    while let Some(m) = status.next(WAIT).await {
-        if m.payload.contains(r#""state":"down""#) {
-            saw_down = true;
-            break;
-        }
-    }
-    assert!(saw_down, "the outage is announced on pricefeed/status");
+    assert!(
+        says_down(&mut status).await,
+        "the outage is announced on pricefeed/status"
+    );
     // Drain ticks from slots sampled before the switch, then expect silence.
     while sub
         .next(Duration::from_millis(4 * INTERVAL_MS))
@@ -366,14 +372,7 @@ async fn a_frozen_source_is_a_recorded_gap_never_an_old_price_as_a_live_tick() {
     let feed = start(config(&db, &[(SourceKind::CoinDesk, &frozen)])).await;
     let mut sub = TickSubscriber::connect(feed.mqtt, "display", "btc/+").await;
     let mut status = TickSubscriber::connect(feed.mqtt, "watcher", "pricefeed/status").await;
-    let mut saw_down = false;
-    while let Some(m) = status.next(WAIT).await {
-        if m.payload.contains(r#""state":"down""#) {
-            saw_down = true;
-            break;
-        }
-    }
-    assert!(saw_down, "the feed says it is down");
+    assert!(says_down(&mut status).await, "the feed says it is down");
     assert!(!frozen.hits().is_empty(), "the source was asked");
     assert_eq!(
         sub.next(Duration::from_millis(6 * INTERVAL_MS)).await,

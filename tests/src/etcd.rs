@@ -100,10 +100,11 @@ impl Etcd {
         format!("etcd://{}", members.join(","))
     }
 
-    fn endpoints(&self, running_only: bool) -> String {
+    /// The running members' client URLs, comma-separated.
+    fn endpoints(&self) -> String {
         self.members
             .iter()
-            .filter(|m| !running_only || m.process.is_some())
+            .filter(|m| m.process.is_some())
             .map(|m| format!("http://127.0.0.1:{}", m.client))
             .collect::<Vec<_>>()
             .join(",")
@@ -114,13 +115,7 @@ impl Etcd {
         let started = Instant::now();
         let mut last = String::new();
         while started.elapsed() < HEALTHY_WITHIN {
-            let endpoints = self.endpoints(true);
-            let (status, out, err) = run_command(
-                "etcdctl",
-                &["--endpoints", &endpoints, "endpoint", "health"],
-                Duration::from_secs(10),
-            )
-            .await;
+            let (status, out, err) = self.etcdctl(&["endpoint", "health"]).await;
             let healthy = format!("{out}{err}").matches("is healthy").count();
             if status.success() && healthy >= count {
                 return Ok(());
@@ -163,22 +158,17 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// `etcdctl` with `args` against the running members: status, stdout, stderr.
+    async fn etcdctl(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        let endpoints = self.endpoints();
+        let mut all = vec!["--endpoints", endpoints.as_str()];
+        all.extend_from_slice(args);
+        run_command("etcdctl", &all, Duration::from_secs(10)).await
+    }
+
     /// The index of the member that leads etcd's own raft, if one answers.
     pub async fn leader(&self) -> Option<usize> {
-        let endpoints = self.endpoints(true);
-        let (_, out, _) = run_command(
-            "etcdctl",
-            &[
-                "--endpoints",
-                &endpoints,
-                "endpoint",
-                "status",
-                "-w",
-                "json",
-            ],
-            Duration::from_secs(10),
-        )
-        .await;
+        let (_, out, _) = self.etcdctl(&["endpoint", "status", "-w", "json"]).await;
         let status: serde_json::Value = serde_json::from_str(&out).ok()?;
         for entry in status.as_array()? {
             let member = entry["Status"]["header"]["member_id"].as_u64()?;
@@ -195,20 +185,9 @@ impl Etcd {
 
     /// The keys under `prefix` (etcdctl get --prefix --keys-only), from any running member.
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let endpoints = self.endpoints(true);
-        let (_, out, _) = run_command(
-            "etcdctl",
-            &[
-                "--endpoints",
-                &endpoints,
-                "get",
-                prefix,
-                "--prefix",
-                "--keys-only",
-            ],
-            Duration::from_secs(10),
-        )
-        .await;
+        let (_, out, _) = self
+            .etcdctl(&["get", prefix, "--prefix", "--keys-only"])
+            .await;
         out.lines()
             .filter(|l| !l.is_empty())
             .map(str::to_string)

@@ -10,6 +10,16 @@ use pricesub::subscribe;
 use testkit::Proxy;
 use ticks::Timedate;
 
+/// Collects what a subscription delivers for `run_for`.
+async fn collect(sub: &mut pricesub::Subscription, run_for: Duration) -> Delivered {
+    let mut delivered = Delivered::default();
+    let until = tokio::time::Instant::now() + run_for;
+    while let Ok(Some(event)) = tokio::time::timeout_at(until, sub.next()).await {
+        delivered.push(event.unwrap());
+    }
+    delivered
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_then_live_is_exactly_the_stored_sequence() {
     let feed = TestFeed::embedded().await;
@@ -26,12 +36,7 @@ async fn backfill_then_live_is_exactly_the_stored_sequence() {
         runs.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(i * 37)).await;
             let mut sub = subscribe(subscriber(mqtt, http, Some(since))).unwrap();
-            let mut delivered = Delivered::default();
-            let until = tokio::time::Instant::now() + Duration::from_millis(2500);
-            while let Ok(Some(event)) = tokio::time::timeout_at(until, sub.next()).await {
-                delivered.push(event.unwrap());
-            }
-            delivered
+            collect(&mut sub, Duration::from_millis(2500)).await
         }));
     }
     for (i, run) in runs.into_iter().enumerate() {
@@ -52,11 +57,7 @@ async fn without_since_the_retained_tick_then_live_and_no_duplicates() {
     feed.wait_for_tick_at(feed.started.saturating_add(Duration::from_millis(300)))
         .await;
     let mut sub = subscribe(subscriber(feed.mqtt, feed.http, None)).unwrap();
-    let mut delivered = Delivered::default();
-    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until, sub.next()).await {
-        delivered.push(event.unwrap());
-    }
+    let delivered = collect(&mut sub, Duration::from_millis(1500)).await;
     let first = delivered
         .ticks
         .values()
@@ -143,24 +144,10 @@ async fn a_replica_behind_for_every_backfill_try_still_loses_nothing() {
     // live tick must not jump over the ticks from `since` on, which history then holds.
     let history = lagging_history(feed.http, 20).await;
     let mut sub = subscribe(subscriber(feed.mqtt, history, Some(since))).unwrap();
-    let mut delivered = Delivered::default();
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until, sub.next()).await {
-        delivered.push(event.unwrap());
-    }
+    let delivered = collect(&mut sub, Duration::from_secs(10)).await;
     assert!(delivered.count() > 30, "{} ticks", delivered.count());
     assert_matches_history(&feed, since, &delivered, "behind for 20 answers").await;
     feed.stop().await;
-}
-
-/// Collects what a subscription delivers for `run_for`.
-async fn collect(sub: &mut pricesub::Subscription, run_for: Duration) -> Delivered {
-    let mut delivered = Delivered::default();
-    let until = tokio::time::Instant::now() + run_for;
-    while let Ok(Some(event)) = tokio::time::timeout_at(until, sub.next()).await {
-        delivered.push(event.unwrap());
-    }
-    delivered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
