@@ -231,12 +231,19 @@ impl SourceChain {
             };
             breaker.cooldown = cooldown;
             breaker.open_until = Some(Instant::now() + cooldown);
-            warn!(
-                source = %kind,
-                failures = breaker.failures,
-                skipped_for = ?cooldown,
-                "the source keeps failing; skipping it, then one probe"
-            );
+            // Said once, when it trips; a failed probe (or, with every source tripped, each
+            // slot's ask-anyway) only extends it.
+            if probe_failed {
+                debug!(source = %kind, failures = breaker.failures, skipped_for = ?cooldown,
+                    "the source still fails; skipped for longer");
+            } else {
+                warn!(
+                    source = %kind,
+                    failures = breaker.failures,
+                    skipped_for = ?cooldown,
+                    "the source keeps failing; skipping it, then one probe"
+                );
+            }
         }
     }
 

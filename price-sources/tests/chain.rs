@@ -1066,3 +1066,43 @@ async fn a_second_opinion_asks_every_source_but_the_one_whose_price_jumped() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_tripped_source_is_announced_once_however_long_it_stays_down() {
+    let capture = LogCapture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The only source is down: tripped after 3 samples, then asked anyway every sample (no other
+    // source could answer), each failure extending the breaker.
+    let kraken = FakeVendor::start(vec![(KRAKEN_BOTH, status(500, ""))]).await;
+    let chain = chain(&[(SourceKind::Kraken, &kraken)], Duration::from_secs(1));
+    for _ in 0..10 {
+        assert!(
+            chain
+                .sample(&[USD, EUR], in_ms(5_000))
+                .await
+                .quotes
+                .is_empty()
+        );
+    }
+    let lines = capture.lines();
+    let trips = lines
+        .iter()
+        .filter(|l| l.contains("the source keeps failing"))
+        .count();
+    assert_eq!(trips, 1, "{lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("price source failed"))
+            .count(),
+        10,
+        "each failure is still said"
+    );
+}
