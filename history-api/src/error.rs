@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use history_store::StoreError;
 use serde::Serialize;
@@ -24,6 +24,17 @@ pub enum ApiError {
     StoreUnavailable(#[source] StoreError),
     #[error("the request took longer than {}", seconds(*.0))]
     Timeout(Duration),
+    /// The client's address made more requests than its rate allows.
+    #[error("too many requests from {client}; retry in {}", seconds(*.retry_after))]
+    RateLimited {
+        client: std::net::IpAddr,
+        retry_after: Duration,
+    },
+    /// More requests are in flight than the server takes at once.
+    #[error("the server is answering as many requests as it takes at once; retry shortly")]
+    Overloaded,
+    #[error("the request target is {length} bytes; the most this server reads is {max}")]
+    UriTooLong { length: usize, max: usize },
     /// A bug on our side (an answer that did not encode); never caused by what a client sent.
     #[error("the answer could not be built")]
     Internal(String),
@@ -46,7 +57,11 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::StoreUnavailable(_) | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable(_) | ApiError::Timeout(_) | ApiError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -59,9 +74,18 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::Timeout(_) => "timeout",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Overloaded => "overloaded",
+            ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::Internal(_) => "internal",
         }
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub(crate) fn retry_after_seconds(wait: Duration) -> u64 {
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    whole.max(1)
 }
 
 /// The message with its causes, `outer: inner: innermost`, so one line says everything.
@@ -109,11 +133,35 @@ impl IntoResponse for ApiError {
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
             br#"{"error":"internal","message":"the error could not be encoded"}"#.to_vec()
         });
-        (
+        let mut response = (
             self.status(),
             [(header::CONTENT_TYPE, "application/json")],
             bytes,
         )
-            .into_response()
+            .into_response();
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
+            ApiError::Overloaded => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1_001)), 2);
     }
 }

@@ -30,6 +30,8 @@
 //! - `query`: the strict reading of the `/v1/ticks` query string into a [`TicksQuery`].
 //! - `cursor`: the continuation [`Cursor`] and the merged order it points into.
 //! - [`metrics`]: [`Metrics`], the process's counters in Prometheus text format.
+//! - `limits`: [`Limits`], what one client address may take (rate, connections, request size) and
+//!   the cap on requests in flight.
 //! - `error`: [`ApiError`], every failure and its JSON body.
 
 mod answer;
@@ -37,6 +39,7 @@ mod cache;
 mod cursor;
 mod error;
 mod health;
+mod limits;
 pub mod metrics;
 mod page;
 mod query;
@@ -48,9 +51,11 @@ mod tail;
 pub use answer::FeedFacts;
 pub use cursor::{BadCursor, Cursor, PageKey};
 pub use error::ApiError;
+pub use limits::Limits;
 pub use metrics::Metrics;
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT, TicksQuery};
 pub use server::{
-    HEADER_READ_TIMEOUT, OPENAPI, REQUEST_TIMEOUT, app, app_with_timeout, serve, serve_router,
+    HEADER_READ_TIMEOUT, OPENAPI, REQUEST_TIMEOUT, ServeOptions, app, app_with_timeout, serve,
+    serve_router,
 };
 pub use state::ApiState;

@@ -23,6 +23,9 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     http_listen: String,
 
+    #[command(flatten)]
+    limits: history_api::Limits,
+
     /// The publish interval of the feed, as reported in answers, if the store does not record it
     /// (a publisher records its interval and demo flag in the store, and those win).
     #[arg(long, env = "PRICEFEED_INTERVAL", default_value = "5s")]
@@ -73,7 +76,7 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
             demo: cli.demo,
         },
     };
-    let state = ApiState::new(store, feed);
+    let state = ApiState::new(store, feed).with_limits(cli.limits);
     history_api::serve(listener, state, startup::shutdown_signal())
         .await
         .context("serving HTTP failed")

@@ -32,6 +32,8 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     request_count: AtomicU64,
     answers_by_source: [AtomicU64; AnswerSource::ALL.len()],
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 /// Where a `/v1/ticks` answer came from.
@@ -123,6 +125,20 @@ impl Metrics {
         self.request_count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An HTTP connection was accepted (`opened`) or ended.
+    pub fn history_connection(&self, opened: bool) {
+        if opened {
+            self.connections_open.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An HTTP connection was closed at once: its address already held its share.
+    pub fn history_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Every series, in Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -196,6 +212,28 @@ impl Metrics {
                 "pricefeed_history_requests_total{{status=\"{status}\"}} {n}"
             );
         }
+        header(
+            &mut out,
+            "pricefeed_history_connections",
+            "gauge",
+            "HTTP connections open to the history API.",
+        );
+        let _ = writeln!(
+            out,
+            "pricefeed_history_connections {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "pricefeed_history_connections_refused_total",
+            "counter",
+            "HTTP connections closed at once because their client address held its share already.",
+        );
+        let _ = writeln!(
+            out,
+            "pricefeed_history_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
         header(
             &mut out,
             "pricefeed_history_answers_total",

@@ -14,6 +14,7 @@ use axum::routing::get;
 use tower::ServiceBuilder;
 
 use crate::error::ApiError;
+use crate::limits::{ConnectionCounts, Limits, Peer, RequestLimits, limit_request};
 use crate::metrics::Metrics;
 use crate::state::ApiState;
 use crate::{health, page};
@@ -28,7 +29,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// request timeout, so only a client stalling its own request is cut off.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Every route, with the [`REQUEST_TIMEOUT`] and request metrics.
+/// Every route, with the [`REQUEST_TIMEOUT`], the state's [`Limits`] and request metrics.
 pub fn app(state: ApiState) -> Router {
     app_with_timeout(state, REQUEST_TIMEOUT)
 }
@@ -36,6 +37,9 @@ pub fn app(state: ApiState) -> Router {
 /// [`app`] with another request timeout.
 pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
     let metrics = state.metrics.clone();
+    let limits = Arc::new(RequestLimits::new(&state.limits));
+    let in_flight = (state.limits.in_flight > 0)
+        .then(|| tower::limit::GlobalConcurrencyLimitLayer::new(state.limits.in_flight));
     Router::new()
         .route("/v1/ticks", get(page::ticks))
         .route("/healthz", get(health::healthz))
@@ -49,15 +53,21 @@ pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
             ServiceBuilder::new()
                 // Outermost, so that refusals and timeouts are counted and timed too.
                 .layer(middleware::from_fn_with_state(metrics, record_request))
+                .layer(middleware::from_fn_with_state(limits, limit_request))
                 .layer(HandleErrorLayer::new(
                     move |error: tower::BoxError| async move {
                         if error.is::<tower::timeout::error::Elapsed>() {
                             ApiError::Timeout(timeout)
+                        } else if error.is::<tower::load_shed::error::Overloaded>() {
+                            ApiError::Overloaded
                         } else {
                             ApiError::Internal(error.to_string())
                         }
                     },
                 ))
+                // Past the cap, refuse at once: a queue would only make every answer late.
+                .load_shed()
+                .option_layer(in_flight)
                 .timeout(timeout),
         )
 }
@@ -89,9 +99,39 @@ async fn record_request(
     response
 }
 
+/// Counts a connection as closed when its task ends, however it ends.
+struct OpenConnection<'a>(&'a Metrics);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.history_connection(false);
+    }
+}
+
 /// A client that has not sent a whole request head this long after connecting (or after its
 /// previous request) is disconnected: a slow-headers attack holds a socket for this long at most.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How [`serve_router`] treats connections.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// The per-address connection cap and the request head's size are applied here.
+    pub limits: Limits,
+    /// Where connections opened and refused are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            limits: Limits::default(),
+            metrics: Arc::default(),
+        }
+    }
+}
 
 /// Serves [`app`] on `listener` until `shutdown` resolves, then lets requests in flight finish
 /// (closing idle connections at once) for at most 15 s, and returns.
@@ -100,19 +140,35 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_router(listener, app(state), HEADER_READ_TIMEOUT, shutdown).await
+    let options = ServeOptions {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        limits: state.limits.clone(),
+        metrics: state.metrics.clone(),
+    };
+    serve_router(listener, app(state), options, shutdown).await
 }
 
-/// [`serve`] for any router, with another header timeout. axum's own `serve` sets no timer, so
-/// hyper's header timeout would never fire: this accept loop is axum's, with the timer.
+/// [`serve`] for any router. axum's own `serve` sets no timer, so hyper's header timeout would
+/// never fire, and sees no peer address: this accept loop is axum's, with the timer, the peer
+/// address on each request and the per-address connection cap.
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt as _;
+
+    let ServeOptions {
+        header_read_timeout,
+        limits,
+        metrics,
+    } = options;
+    let counts = ConnectionCounts::new(&limits);
+    let max_head = (limits.header_bytes as usize).max(8_192);
+    let mut refused = 0u64;
 
     let address = listener.local_addr()?;
     tracing::info!(%address, "history API listening");
@@ -121,9 +177,9 @@ pub async fn serve_router(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut accept_errors = 0u64;
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, say: back off instead of spinning, log sparingly.
                     accept_errors += 1;
@@ -137,12 +193,32 @@ pub async fn serve_router(
             () = &mut shutdown => break,
         };
         while connections.try_join_next().is_some() {}
-        let service = TowerToHyperService::new(router.clone());
+        let Some(counted) = counts.admit(peer.ip()) else {
+            // Closed before reading anything: the cheapest answer to an address that holds many.
+            refused += 1;
+            metrics.history_connection_refused();
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, count = refused, "HTTP connection refused: its address holds its share of connections");
+            }
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(Peer(peer));
+                request
+            },
+        ));
         let mut stopped = stopped.clone();
+        let metrics = metrics.clone();
         connections.spawn(async move {
+            let _counted = counted;
+            metrics.history_connection(true);
+            let _open = OpenConnection(&metrics);
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .header_read_timeout(header_read_timeout)
+                .max_buf_size(max_head);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::answer::FeedFacts;
 use crate::cache::AnswerCache;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::tail::Tail;
 
@@ -23,6 +24,8 @@ pub struct ApiState {
     pub feed: FeedFacts,
     /// On a node of a cluster: its id and current role.
     pub node: Option<(u64, watch::Receiver<NodeRole>)>,
+    /// What one client may take; see [`Limits`].
+    pub limits: Limits,
     pub(crate) cache: AnswerCache,
     pub(crate) tail: Arc<Tail>,
 }
@@ -36,6 +39,7 @@ impl ApiState {
             broker_connected: None,
             feed,
             node: None,
+            limits: Limits::default(),
             cache: AnswerCache::default(),
             tail: Arc::default(),
         }
@@ -53,6 +57,11 @@ impl ApiState {
             node: Some((id, role)),
             ..self
         }
+    }
+
+    /// Applies these limits instead of the defaults.
+    pub fn with_limits(self, limits: Limits) -> ApiState {
+        ApiState { limits, ..self }
     }
 
     /// Readiness follows this flag: set while the publisher is connected to its broker.

@@ -174,6 +174,56 @@ async fn unready_and_unavailable_answers_match_the_document() {
     check("/readyz", &answer);
 }
 
+#[tokio::test]
+async fn refusals_at_the_limits_match_the_document() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let limits = history_api::Limits {
+        rate: 1,
+        burst: 1,
+        ..Default::default()
+    };
+    let state = state(store_with(1).await).with_limits(limits.clone());
+    let options = history_api::ServeOptions {
+        limits,
+        ..Default::default()
+    };
+    tokio::spawn(history_api::serve_router(
+        listener,
+        app(state),
+        options,
+        std::future::pending(),
+    ));
+    // Refused for its length before it is counted against the rate.
+    let long = format!("/v1/ticks?since=0&pad={}", "x".repeat(3_000));
+    let (status, body) = http_get(address, long.as_bytes()).await;
+    assert_eq!(status, 414);
+    let pointer = response_schema("/v1/ticks", 414, "application/json");
+    assert_valid(&pointer, &serde_json::from_str(&body).unwrap());
+
+    for path in [
+        "/v1/ticks?since=0",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        // One request a second is allowed: ask until refused.
+        let mut tries = 0;
+        let (status, body) = loop {
+            let (status, body) = http_get(address, path.as_bytes()).await;
+            tries += 1;
+            if status == 429 || tries == 20 {
+                break (status, body);
+            }
+        };
+        assert_eq!(status, 429, "{path}");
+        let path = path.split('?').next().unwrap();
+        let pointer = response_schema(path, 429, "application/json");
+        assert_valid(&pointer, &serde_json::from_str(&body).unwrap());
+    }
+}
+
 #[test]
 fn every_parameter_is_described_with_the_servers_limits() {
     let doc = document();

@@ -261,7 +261,10 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     let server = tokio::spawn(history_api::serve_router(
         listener,
         history_api::app(state(common::store_with(1).await)),
-        timeout,
+        history_api::ServeOptions {
+            header_read_timeout: timeout,
+            ..Default::default()
+        },
         async move {
             let _ = stopped.await;
         },

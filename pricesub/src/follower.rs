@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SubscriberConfig;
 use crate::event::{FeedEvent, SubscribeError};
-use crate::history::{Backfill, HistoryClient};
+use crate::history::{Backfill, HistoryClient, HistoryError};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -60,6 +60,8 @@ pub(crate) struct Follower {
     start_deadline: Option<tokio::time::Instant>,
     /// Whether the current connection proved itself: connected, subscribed, backfilled, live.
     proved: bool,
+    /// The next connection waits at least this long: a busy history server asked for it.
+    retry_after: Option<Duration>,
 }
 
 impl Follower {
@@ -80,6 +82,14 @@ impl Follower {
             subscribed_once: false,
             start_deadline: None,
             proved: false,
+            retry_after: None,
+        }
+    }
+
+    /// A busy history server said when to come back: the next try waits at least that long.
+    fn note_busy(&mut self, error: &HistoryError) {
+        if let HistoryError::Busy { retry_after, .. } = error {
+            self.retry_after = Some(*retry_after);
         }
     }
 
@@ -135,8 +145,9 @@ impl Follower {
                 backoff = backoff.min(START_BACKOFF_MAX);
             }
             let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+            let wait = (backoff + jitter).max(self.retry_after.take().unwrap_or_default());
             tokio::select! {
-                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => return Ok(()),
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -273,17 +284,22 @@ impl Follower {
                 // again until start-up's time is up; then, or for any other problem (a bad URL,
                 // a refused question), it is the user's to fix: say so and stop.
                 Err(e) if self.start_deadline.is_some() => {
-                    let retryable = matches!(e, crate::history::HistoryError::Unavailable(_))
-                        || matches!(
-                            e,
-                            crate::history::HistoryError::Refused { status, .. } if status >= 500
-                        );
+                    self.note_busy(&e);
+                    let retryable =
+                        matches!(e, HistoryError::Unavailable(_) | HistoryError::Busy { .. })
+                            || matches!(
+                                e,
+                                HistoryError::Refused { status, .. } if status >= 500
+                            );
                     if !retryable || self.start_expired() {
                         return Err(e.into());
                     }
                     return Ok(SessionEnd::Lost(format!("backfill failed: {e}")));
                 }
-                Err(e) => return Ok(SessionEnd::Lost(format!("backfill failed: {e}"))),
+                Err(e) => {
+                    self.note_busy(&e);
+                    return Ok(SessionEnd::Lost(format!("backfill failed: {e}")));
+                }
             }
         }
 

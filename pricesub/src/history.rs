@@ -12,6 +12,9 @@ const PAGE: usize = 10_000;
 /// Pages of one backfill, at most: a client asking for years of history gets an error, not an OOM.
 const MAX_PAGES: usize = 1_000;
 
+/// The longest `Retry-After` obeyed: a server asking for more is asked again after this.
+const MAX_RETRY_AFTER_S: u64 = 60;
+
 /// Why history could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -24,6 +27,14 @@ pub enum HistoryError {
         url: String,
         status: u16,
         message: String,
+    },
+    /// 429, or 503 with `Retry-After`: the server asks us to come back later. Retried, never
+    /// sooner than it asked.
+    #[error("history server {url} is busy (HTTP {status}); retrying in {}s", .retry_after.as_secs())]
+    Busy {
+        url: String,
+        status: u16,
+        retry_after: Duration,
     },
     #[error("history server {url} sent an answer that is not a tick page: {reason}")]
     BadAnswer { url: String, reason: String },
@@ -289,6 +300,21 @@ impl HistoryClient {
             .await
             .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER_S)));
+        let busy = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some());
+        if busy {
+            return Err(HistoryError::Busy {
+                url,
+                status: status.as_u16(),
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+            });
+        }
         let body = response
             .bytes()
             .await

@@ -104,6 +104,8 @@ pub struct Config {
     /// random password is made when none is given.
     pub publisher_password: Option<String>,
     pub http_listen: SocketAddr,
+    /// What one client may take from the history API.
+    pub http_limits: history_api::Limits,
     pub clock: WallClock,
     /// Run as a node of a cluster of embedded brokers (needs the cargo feature `cluster`).
     pub cluster: Option<ClusterSettings>,
@@ -292,7 +294,8 @@ impl Feed {
                 demo,
             },
         )
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_limits(config.http_limits.clone());
         let plan = node_plan(&config, &broker, &broker_url, &shutdown).await?;
         let node_id = plan.as_ref().map(|p| p.node);
         let (sink, api, gate) = match plan {

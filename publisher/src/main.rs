@@ -90,6 +90,9 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     http_listen: SocketAddr,
 
+    #[command(flatten)]
+    http_limits: history_api::Limits,
+
     /// Log format.
     #[arg(long, env = "PRICEFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -357,6 +360,7 @@ impl Cli {
             broker,
             publisher_password: self.broker_password,
             http_listen: self.http_listen,
+            http_limits: self.http_limits,
             clock: WallClock::System,
             cluster,
             elected,

@@ -133,6 +133,78 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     body.to_string()
 }
 
+/// A history server that is busy: its first `busy` answers are `429` with `Retry-After: 2` (as
+/// the history API's rate limit answers), then it answers as `real` does. Returns its address and
+/// when each request arrived.
+async fn busy_history(
+    real: std::net::SocketAddr,
+    busy: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+) {
+    use axum::extract::RawQuery;
+    use axum::response::IntoResponse;
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/v1/ticks",
+        axum::routing::get(move |RawQuery(query): RawQuery| {
+            let seen = seen.clone();
+            async move {
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(tokio::time::Instant::now());
+                    seen.len()
+                };
+                if n <= busy {
+                    return (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "2"), ("content-type", "application/json")],
+                        r#"{"error":"rate_limited","message":"too many requests"}"#,
+                    )
+                        .into_response();
+                }
+                let path = format!("/v1/ticks?{}", query.unwrap_or_default());
+                (
+                    [("content-type", "application/json")],
+                    http_get(real, &path).await,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, arrivals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_history_server_is_asked_again_after_its_retry_after() {
+    let feed = TestFeed::embedded().await;
+    let since = feed.started;
+    feed.wait_for_tick_at(since.saturating_add(Duration::from_millis(500)))
+        .await;
+    let (history, arrivals) = busy_history(feed.http, 2).await;
+    // At start-up too: a 429 is the server asking for time, not a refusal of our question.
+    let mut sub = subscribe(subscriber(feed.mqtt, history, Some(since))).unwrap();
+    let delivered = collect(&mut sub, Duration::from_secs(8)).await;
+    assert!(delivered.count() > 20, "{} ticks", delivered.count());
+    assert_matches_history(&feed, since, &delivered, "after two 429s").await;
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert!(arrivals.len() >= 3, "{} requests", arrivals.len());
+    for (i, pair) in arrivals[..3].windows(2).enumerate() {
+        let waited = pair[1] - pair[0];
+        assert!(
+            waited >= Duration::from_secs(2),
+            "request {} came {waited:?} after a 429 that asked for 2 s",
+            i + 2
+        );
+    }
+    feed.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_for_every_backfill_try_still_loses_nothing() {
     let feed = TestFeed::embedded().await;

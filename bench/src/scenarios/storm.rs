@@ -72,6 +72,9 @@ pub struct StormResult {
     pub clients: usize,
     pub live: usize,
     pub errors: usize,
+    /// What the history API refused during the storm, per its `/metrics`: answers 429 and 503,
+    /// and connections closed at its per-address cap. With the default limits this must be 0.
+    pub history_refused: u64,
     pub first_error: Option<String>,
     pub all_live_seconds: Option<f64>,
     /// Per client, from its own start to its first tick newer than the storm's start.
@@ -159,16 +162,18 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Vec<StormResult>> {
                 r.live == r.clients
                     && r.caught_up == r.clients
                     && r.errors == 0
+                    && r.history_refused == 0
                     && r.missing == 0
                     && r.duplicated == 0
                     && r.out_of_order == 0
                     && r.not_in_store == 0,
-                "storm of {} on {:?}: {} live, {} errors ({:?}), {} missing, {} duplicated, {} out of order, {} not in store",
+                "storm of {} on {:?}: {} live, {} errors ({:?}), {} refused by the history API, {} missing, {} duplicated, {} out of order, {} not in store",
                 r.clients,
                 r.broker,
                 r.live,
                 r.errors,
                 r.first_error,
+                r.history_refused,
                 r.missing,
                 r.duplicated,
                 r.out_of_order,
@@ -278,6 +283,7 @@ async fn run_one(
     let other_top = others.top(&ours, 3);
     tokio::time::sleep(args.follow).await;
     stop.cancel();
+    let history_refused = history_refusals(feed.http).await?;
     let peaks = sampler.finish().await;
     let broker_peaks = match broker_sampler {
         Some(s) => Some(s.finish().await),
@@ -376,6 +382,7 @@ async fn run_one(
         clients: k,
         live: live_count,
         errors,
+        history_refused,
         first_error,
         all_live_seconds: (live_count == k)
             .then(|| report::percentile_ms(&live_times, 100.0) / 1000.0),
@@ -464,6 +471,7 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
             "per-client catch-up p50 / max s",
             "live/clients",
             "errors",
+            "history refused",
             "missing",
             "duplicated",
             "ticks delivered",
@@ -487,6 +495,7 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
             ),
             format!("{}/{}", r.live, r.clients),
             r.errors.to_string(),
+            r.history_refused.to_string(),
             r.missing.to_string(),
             r.duplicated.to_string(),
             r.ticks_delivered.to_string(),
@@ -532,4 +541,27 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
         }
     }
     t
+}
+
+/// Requests and connections the history API refused (429, 503, per-address connection cap), per
+/// its `/metrics`.
+async fn history_refusals(http: std::net::SocketAddr) -> anyhow::Result<u64> {
+    let (status, body) = crate::harness::servers::http_get(http, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics: HTTP {status}");
+    let text = String::from_utf8_lossy(&body);
+    let value = |line: &str| {
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("pricefeed_history_requests_total{status=\"429\"}")
+                || l.starts_with("pricefeed_history_requests_total{status=\"503\"}")
+                || l.starts_with("pricefeed_history_connections_refused_total ")
+        })
+        .map(value)
+        .sum())
 }

@@ -48,6 +48,7 @@ impl TestFeed {
             broker,
             publisher_password: password,
             http_listen: "127.0.0.1:0".parse().unwrap(),
+            http_limits: Default::default(),
             clock: WallClock::System,
             cluster: None,
             elected: None,
