@@ -13,6 +13,9 @@
 //!   set to 0; a display that connects after a 6-minute source outage must still see a price.
 //! - The listener's `max_connections` only sizes the handshake queue; the real cap on clients is
 //!   `mqtt_max_sessions`.
+//! - It has no per-address limits (only a total of sessions) and its listener skips every
+//!   authentication hook for anonymous clients: see [`crate::guard`], which takes that shortcut's
+//!   place.
 //! - A CPU "busy check" refuses CONNECTs when the machine is loaded; a price feed should serve its
 //!   subscribers precisely when it is busy, so it is off.
 
@@ -27,6 +30,7 @@ use rmqtt::server::MqttServer;
 
 use crate::cluster::{ClusterConfig, ClusterStatus};
 use crate::error::BrokerError;
+use crate::guard::{ClientGuard, ClientLimits};
 use crate::{Credentials, TICKS_FILTER, public_service_topics, publisher_topics};
 
 /// Configuration of the embedded broker.
@@ -38,6 +42,8 @@ pub struct EmbeddedBroker {
     pub publisher: Credentials,
     /// Most concurrent MQTT sessions (clients) the broker accepts; 0 means no limit.
     pub max_sessions: usize,
+    /// What one client and one client address may take.
+    pub limits: ClientLimits,
     /// Worker threads of the broker's runtime.
     pub worker_threads: usize,
     /// Join this raft cluster (needs the cargo feature `cluster`).
@@ -51,6 +57,7 @@ impl EmbeddedBroker {
             listen,
             publisher,
             max_sessions: 100_000,
+            limits: ClientLimits::default(),
             worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cluster: None,
         }
@@ -200,6 +207,7 @@ rules = [
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(|e| start_err(&e))?;
+        ClientGuard::new(self.limits).register(&scx).await;
         let bind_err = |e: &dyn std::fmt::Display| BrokerError::Bind {
             addr: self.listen,
             reason: e.to_string(),
@@ -207,8 +215,12 @@ rules = [
         let listener = Builder::new()
             .name("mqtt/tcp")
             .laddr(self.listen)
-            // Anonymous clients are welcome to read; the ACL decides what they may do.
-            .allow_anonymous(true)
+            // Anonymous clients are welcome to read (the ACL decides what they may do), but they
+            // too pass the authentication hook, where the per-address limits are checked.
+            .allow_anonymous(false)
+            .max_packet_size(self.limits.max_packet_bytes)
+            .max_keepalive(self.limits.max_keepalive_s)
+            .allow_zero_keepalive(false)
             // A restarted process can re-bind its port while old sockets sit in TIME_WAIT.
             .reuseaddr(Some(true))
             // A tick goes out the moment it is written, not after the previous one is acknowledged.

@@ -23,11 +23,13 @@
 pub mod cluster;
 mod embedded;
 mod error;
+mod guard;
 pub mod mosquitto;
 
 pub use cluster::{ClusterConfig, ClusterStatus, NodeAddr};
 pub use embedded::{BrokerHandle, ClusterHandle, EmbeddedBroker};
 pub use error::BrokerError;
+pub use guard::ClientLimits;
 
 /// The username the publisher authenticates with.
 pub const PUBLISHER_USER: &str = "pricefeed-publisher";

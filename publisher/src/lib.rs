@@ -78,6 +78,8 @@ pub enum BrokerMode {
     Embedded {
         listen: SocketAddr,
         max_sessions: usize,
+        /// What one client and one client address may take.
+        limits: broker_config::ClientLimits,
     },
     /// Publish to a broker someone else runs.
     External { url: BrokerUrl },
@@ -220,9 +222,11 @@ impl Feed {
             BrokerMode::Embedded {
                 listen,
                 max_sessions,
+                limits,
             } => {
                 let mut embedded = EmbeddedBroker::new(*listen, credentials.clone());
                 embedded.max_sessions = *max_sessions;
+                embedded.limits = *limits;
                 embedded.cluster = config.cluster.as_ref().map(|c| c.cluster.clone());
                 let handle = tokio::task::spawn_blocking(move || embedded.start())
                     .await

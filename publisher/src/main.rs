@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker_config::{ClusterConfig, NodeAddr};
+use broker_config::{ClientLimits, ClusterConfig, NodeAddr};
 use clap::Parser;
 use price_sources::{DEFAULT_CHAIN, SourceConfig, SourceKind};
 use publisher::clock::WallClock;
@@ -76,6 +76,9 @@ struct Cli {
     /// Most MQTT clients the embedded broker accepts at once.
     #[arg(long, env = "PRICEFEED_MAX_CLIENTS", default_value_t = 100_000)]
     max_clients: usize,
+
+    #[command(flatten)]
+    mqtt_limits: MqttLimits,
 
     /// Publish to this external broker (mqtt://host:port) instead of running one.
     #[arg(long, env = "PRICEFEED_BROKER")]
@@ -347,6 +350,7 @@ impl Cli {
             None => BrokerMode::Embedded {
                 listen: self.mqtt_listen,
                 max_sessions: self.max_clients,
+                limits: self.mqtt_limits.into(),
             },
         };
         Ok(Config {
@@ -365,6 +369,42 @@ impl Cli {
             cluster,
             elected,
         })
+    }
+}
+
+/// What one client and one client address may take from the embedded broker (ignored with
+/// --broker: there, the operator's broker sets its own).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Embedded broker limits")]
+struct MqttLimits {
+    /// Connections one client address may hold open; more are refused at CONNECT. 0: no cap.
+    #[arg(long, env = "PRICEFEED_MQTT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = ClientLimits::default().connections_per_address)]
+    mqtt_max_connections_per_address: usize,
+    /// New connections per second one client address may open, sustained; more are refused at
+    /// CONNECT. 0: no limit.
+    #[arg(long, env = "PRICEFEED_MQTT_CONNECT_RATE", default_value_t = ClientLimits::default().connect_rate)]
+    mqtt_connect_rate: u32,
+    /// New connections one client address may open at once above its rate.
+    #[arg(long, env = "PRICEFEED_MQTT_CONNECT_BURST", default_value_t = ClientLimits::default().connect_burst)]
+    mqtt_connect_burst: u32,
+    /// Largest MQTT packet a client may send, in bytes; a larger one disconnects it.
+    #[arg(long, env = "PRICEFEED_MQTT_MAX_PACKET_BYTES", default_value_t = ClientLimits::default().max_packet_bytes)]
+    mqtt_max_packet_bytes: u32,
+    /// Longest keep-alive a client may ask for, in seconds (a client silent for 1.5 keep-alives is
+    /// disconnected); MQTT 3.1.1 clients asking for more, or for none, are refused.
+    #[arg(long, env = "PRICEFEED_MQTT_MAX_KEEPALIVE", default_value_t = ClientLimits::default().max_keepalive_s, value_parser = clap::value_parser!(u16).range(1..))]
+    mqtt_max_keepalive: u16,
+}
+
+impl From<MqttLimits> for ClientLimits {
+    fn from(flags: MqttLimits) -> ClientLimits {
+        ClientLimits {
+            max_packet_bytes: flags.mqtt_max_packet_bytes,
+            max_keepalive_s: flags.mqtt_max_keepalive,
+            connections_per_address: flags.mqtt_max_connections_per_address,
+            connect_rate: flags.mqtt_connect_rate,
+            connect_burst: flags.mqtt_connect_burst,
+        }
     }
 }
 

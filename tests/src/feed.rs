@@ -65,7 +65,37 @@ impl FeedProcess {
         let db = db.to_str().context("a store path in UTF-8")?;
         let mut args = vec!["--db", db];
         args.extend_from_slice(flags);
-        let mut process = Process::start(program, &args)?;
+        FeedProcess::wait_running(Process::start(program, &args)?).await
+    }
+
+    /// Starts `pricefeed` on free loopback ports with `extra` flags, allowed at most `nofile`
+    /// open file descriptors (`prlimit --nofile`, as `ulimit -n` would), and waits until it runs.
+    pub async fn start_with_nofile(db: &Path, nofile: u64, extra: &[&str]) -> FeedProcess {
+        let started = async {
+            let program = binary_in(&bin_dir(), "pricefeed")?;
+            let limit = format!("--nofile={nofile}");
+            let db = db.to_str().context("a store path in UTF-8")?;
+            let mut args = vec![
+                limit.as_str(),
+                "--",
+                program.to_str().context("a binary path in UTF-8")?,
+                "--db",
+                db,
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ];
+            args.extend_from_slice(extra);
+            let prlimit = crate::process::which("prlimit").context("prlimit (util-linux)")?;
+            FeedProcess::wait_running(Process::start(&prlimit, &args)?).await
+        };
+        started
+            .await
+            .unwrap_or_else(|e: anyhow::Error| panic!("{e:#}"))
+    }
+
+    async fn wait_running(mut process: Process) -> anyhow::Result<FeedProcess> {
         let running = process
             .wait_for_log("pricefeed running", START_WITHIN)
             .await?;

@@ -78,6 +78,7 @@ impl TestFeed {
             BrokerMode::Embedded {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 max_sessions: 1000,
+                limits: Default::default(),
             },
             None,
         )
