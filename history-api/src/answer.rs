@@ -1,11 +1,15 @@
 //! One `/v1/ticks` answer before and after encoding: what it says ([`Assembled`]), how the limit
-//! cuts it ([`cut`]), and its JSON ([`encode`]). The in-memory tail and the SQLite path each
+//! cuts it ([`cut`]), whether it can still change ([`Assembled::closed`]), and its JSON
+//! ([`encode`]) with its entity tag ([`Answer`]). The in-memory tail and the SQLite path each
 //! assemble one; this module knows neither.
 
+use axum::body::Bytes;
+use axum::http::HeaderValue;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use ticks::{Currency, Gap, Interval, Tick, Timedate};
 
+use crate::conditional;
 use crate::cursor::{Cursor, PageKey};
 use crate::query::TicksQuery;
 
@@ -35,6 +39,40 @@ pub(crate) struct Assembled<'a> {
     pub(crate) gaps: Vec<Gap>,
     /// Where the next page starts, if the limit cut this one.
     pub(crate) next: Option<PageKey>,
+}
+
+impl Assembled<'_> {
+    /// Whether the page can never change: the limit cut it, and every requested currency has a
+    /// stored tick at or after its end, so no tick can still arrive inside it and every gap that
+    /// overlaps it has ended. (The store only grows at the newest slot; a node filling its history
+    /// from a peer is the exception, and its caller must not ask.)
+    pub(crate) fn closed(&self) -> bool {
+        self.next.is_some_and(|end| {
+            self.bounds
+                .iter()
+                .all(|bounds| bounds.is_some_and(|(_, newest)| newest >= end.time))
+        })
+    }
+}
+
+/// An encoded answer, as cached and sent.
+#[derive(Clone)]
+pub(crate) struct Answer {
+    pub(crate) body: Bytes,
+    /// The strong entity tag of `body`.
+    pub(crate) etag: HeaderValue,
+    /// Encoded as a closed page: it never changes, and any cache may keep it.
+    pub(crate) closed: bool,
+}
+
+impl Answer {
+    pub(crate) fn new(body: Vec<u8>, closed: bool) -> Answer {
+        Answer {
+            etag: conditional::etag(&body),
+            body: Bytes::from(body),
+            closed,
+        }
+    }
 }
 
 /// The first time of `currency` a page starting at `start` includes: at the start time, currencies
@@ -83,11 +121,13 @@ pub(crate) fn cut<T>(
     (taken, next)
 }
 
-/// The page's JSON.
+/// The page's JSON. A `closed` page (see [`Assembled::closed`]) says nothing about the newest tick
+/// (`latest` is null), so its bytes never change.
 pub(crate) fn encode(
     query: &TicksQuery,
     page: &Assembled<'_>,
     feed: &FeedFacts,
+    closed: bool,
 ) -> serde_json::Result<Vec<u8>> {
     let edges = page
         .bounds
@@ -95,7 +135,7 @@ pub(crate) fn encode(
         .flatten()
         .flat_map(|&(oldest, newest)| [oldest, newest]);
     let earliest = edges.clone().min();
-    let latest = edges.max();
+    let latest = if closed { None } else { edges.max() };
     let next_cursor = page.next.map(|key| {
         Cursor {
             key,

@@ -3,15 +3,16 @@
 //! Clients that reconnect together ask the same question (everything since the same last tick),
 //! and a question about the past has the same answer until the next tick is stored; SQLite's
 //! `data_version` says when that happened, whichever process wrote it. Bounded: small answers
-//! only, few of them.
+//! only, few of them. Each answer is kept with its entity tag, so a repeated question costs no
+//! hashing either.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use axum::body::Bytes;
 use history_store::StoreVersion;
 use ticks::Currency;
 
+use crate::answer::Answer;
 use crate::cursor::PageKey;
 use crate::query::TicksQuery;
 
@@ -26,22 +27,22 @@ fn key(query: &TicksQuery) -> CacheKey {
 
 #[derive(Default)]
 pub(crate) struct AnswerCache {
-    entries: Mutex<HashMap<CacheKey, (StoreVersion, Bytes)>>,
+    entries: Mutex<HashMap<CacheKey, (StoreVersion, Answer)>>,
 }
 
 impl AnswerCache {
     /// The answer to `query` computed at `version`, if kept.
-    pub(crate) fn get(&self, query: &TicksQuery, version: StoreVersion) -> Option<Bytes> {
+    pub(crate) fn get(&self, query: &TicksQuery, version: StoreVersion) -> Option<Answer> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(&key(query))
             .filter(|(v, _)| *v == version)
-            .map(|(_, body)| body.clone())
+            .map(|(_, answer)| answer.clone())
     }
 
     /// Keeps the answer to `query` computed at `version`, unless it is large.
-    pub(crate) fn put(&self, query: &TicksQuery, version: StoreVersion, body: Bytes) {
-        if body.len() > CACHE_MAX_BYTES {
+    pub(crate) fn put(&self, query: &TicksQuery, version: StoreVersion, answer: Answer) {
+        if answer.body.len() > CACHE_MAX_BYTES {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -52,6 +53,6 @@ impl AnswerCache {
                 entries.clear();
             }
         }
-        entries.insert(key(query), (version, body));
+        entries.insert(key(query), (version, answer));
     }
 }

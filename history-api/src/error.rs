@@ -135,7 +135,11 @@ impl IntoResponse for ApiError {
         });
         let mut response = (
             self.status(),
-            [(header::CONTENT_TYPE, "application/json")],
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                // What failed now may not fail on the next try: no cache in front keeps it.
+                (header::CACHE_CONTROL, "no-store"),
+            ],
             bytes,
         )
             .into_response();

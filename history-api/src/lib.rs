@@ -18,7 +18,8 @@
 //!
 //! - `server`: [`app`] builds the router (routes, request timeout, request metrics) so tests can
 //!   drive it in-process; [`serve`] runs it on a listener until a shutdown future resolves.
-//! - `page`: the `/v1/ticks` handler, alone: cache, else tail, else SQLite, then encode.
+//! - `page`: the `/v1/ticks` handler, alone: cache, else tail, else SQLite, then encode; then
+//!   `304 Not Modified` if the client's `If-None-Match` names the answer.
 //! - `health`: `/healthz`, `/readyz` and the `/metrics` scrape.
 //! - `state`: [`ApiState`], what the handlers share, the cache and the tail included.
 //! - `cache`: the answer cache, whole answers kept for the store version they were computed at.
@@ -26,7 +27,10 @@
 //!   questions nearly every client asks (what happened since a recent time) skip SQLite.
 //! - `stored`: the same answer read from SQLite, in one transaction.
 //! - `answer`: what an answer says ([`FeedFacts`] and the assembled page), how the limit cuts it,
-//!   and its JSON; the tail and the SQLite path each produce one.
+//!   whether it is closed (can never change), and its JSON with its entity tag; the tail and the
+//!   SQLite path each produce one.
+//! - `conditional`: the entity tag of a body, the `If-None-Match` test, and the `Cache-Control`
+//!   of closed and open answers.
 //! - `query`: the strict reading of the `/v1/ticks` query string into a [`TicksQuery`].
 //! - `cursor`: the continuation [`Cursor`] and the merged order it points into.
 //! - [`metrics`]: [`Metrics`], the process's counters in Prometheus text format.
@@ -36,6 +40,7 @@
 
 mod answer;
 mod cache;
+mod conditional;
 mod cursor;
 mod error;
 mod health;

@@ -1,14 +1,16 @@
 //! `GET /v1/ticks`: one page of stored ticks, with what a client needs to trust it. Answered from
-//! the answer cache, else the in-memory tail, else SQLite.
+//! the answer cache, else the in-memory tail, else SQLite; then as `304 Not Modified` if the
+//! client's `If-None-Match` already names it.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ticks::Timedate;
 
-use crate::answer::encode;
+use crate::answer::{Answer, encode};
+use crate::conditional;
 use crate::error::ApiError;
 use crate::metrics::AnswerSource;
 use crate::query::TicksQuery;
@@ -17,36 +19,76 @@ use crate::stored::StoredPage;
 
 pub(crate) async fn ticks(
     State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
     query: TicksQuery,
 ) -> Result<Response, ApiError> {
     // Read before anything else: a commit after this makes what follows stale, never wrong.
     let version = state.store.version().map_err(ApiError::StoreUnavailable)?;
-    if let Some(body) = state.cache.get(&query, version) {
-        state.metrics.history_answer(AnswerSource::Cache);
-        return Ok(json(body));
+    // A node still catching up may yet rewrite its history: it serves nothing as closed, and keeps
+    // nothing in (nor takes anything from) the answer cache, whose answers assume a final past.
+    let history_final = state.history_final();
+    let cached = history_final
+        .then(|| state.cache.get(&query, version))
+        .flatten();
+    let answer = match cached {
+        Some(answer) => {
+            state.metrics.history_answer(AnswerSource::Cache);
+            answer
+        }
+        None => {
+            let answer = compute(&state, &query, version, history_final).await?;
+            if history_final {
+                state.cache.put(&query, version, answer.clone());
+            }
+            answer
+        }
+    };
+    let cache_control = if answer.closed {
+        conditional::CLOSED
+    } else {
+        conditional::open(state.feed.interval, Timedate::now())
+    };
+    let headers_out = [
+        (header::ETAG, answer.etag.clone()),
+        (header::CACHE_CONTROL, cache_control),
+    ];
+    if conditional::none_match(&headers, &answer.etag) {
+        return Ok((StatusCode::NOT_MODIFIED, headers_out).into_response());
     }
+    let content_type = [(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    )];
+    Ok((content_type, headers_out, answer.body).into_response())
+}
+
+/// The answer from the tail if it holds the page, else from SQLite.
+async fn compute(
+    state: &ApiState,
+    query: &TicksQuery,
+    version: history_store::StoreVersion,
+    history_final: bool,
+) -> Result<Answer, ApiError> {
     let recent = state.tail.at(version);
     let encoded = match &recent {
-        Some(recent) if recent.covers(&query) => {
+        Some(recent) if recent.covers(query) => {
             state.metrics.history_answer(AnswerSource::Memory);
-            encode(&query, &recent.assemble(&query), &state.feed)
+            let page = recent.assemble(query);
+            let closed = history_final && page.closed();
+            encode(query, &page, &state.feed, closed).map(|body| Answer::new(body, closed))
         }
         _ => {
             if recent.is_none() {
                 state.tail.refresh(state.store.clone(), version);
             }
             state.metrics.history_answer(AnswerSource::Store);
-            let page = StoredPage::read(&state.store, &query)
+            let stored = StoredPage::read(&state.store, query)
                 .await
                 .map_err(ApiError::StoreUnavailable)?;
-            encode(&query, &page.assemble(), &state.feed)
+            let page = stored.assemble();
+            let closed = history_final && page.closed();
+            encode(query, &page, &state.feed, closed).map(|body| Answer::new(body, closed))
         }
     };
-    let body = Bytes::from(encoded.map_err(|e| ApiError::Internal(e.to_string()))?);
-    state.cache.put(&query, version, body.clone());
-    Ok(json(body))
-}
-
-fn json(body: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    encoded.map_err(|e| ApiError::Internal(e.to_string()))
 }

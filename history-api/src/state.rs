@@ -64,6 +64,14 @@ impl ApiState {
         ApiState { limits, ..self }
     }
 
+    /// Whether the stored past is final: false on a cluster node still catching up, whose fill
+    /// from a peer may still write anywhere in its history.
+    pub(crate) fn history_final(&self) -> bool {
+        self.node
+            .as_ref()
+            .is_none_or(|(_, role)| *role.borrow() != NodeRole::CatchingUp)
+    }
+
     /// Readiness follows this flag: set while the publisher is connected to its broker.
     pub fn with_broker(self, connected: Arc<AtomicBool>) -> ApiState {
         ApiState {

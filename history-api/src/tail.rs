@@ -352,9 +352,11 @@ mod tests {
                                 continue;
                             }
                             covered += 1;
-                            let memory = encode(&query, &recent.assemble(&query), &FEED).unwrap();
+                            let memory = recent.assemble(&query);
+                            let memory = encode(&query, &memory, &FEED, memory.closed()).unwrap();
                             let stored = StoredPage::read(&store, &query).await.unwrap();
-                            let sqlite = encode(&query, &stored.assemble(), &FEED).unwrap();
+                            let stored = stored.assemble();
+                            let sqlite = encode(&query, &stored, &FEED, stored.closed()).unwrap();
                             assert_eq!(
                                 String::from_utf8(memory).unwrap(),
                                 String::from_utf8(sqlite).unwrap(),

@@ -104,9 +104,18 @@ async fn real_answers_match_the_document() {
         assert_eq!(answer.status, StatusCode::OK, "{uri}");
         check("/v1/ticks", &answer);
     }
-    let cut = get(&app, &format!("/v1/ticks?since={T0}&limit=7"))
-        .await
-        .json();
+    let cut = get(&app, &format!("/v1/ticks?since={T0}&limit=7")).await;
+    check_cache_headers(&cut, 200);
+    let held = cut.header("etag").to_string();
+    let not_modified = get_with(
+        &app,
+        &format!("/v1/ticks?since={T0}&limit=7"),
+        &[("if-none-match", &held)],
+    )
+    .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    check_cache_headers(&not_modified, 304);
+    let cut = cut.json();
     let cursor = cut["next_cursor"].as_str().unwrap();
     let next = get(&app, &format!("/v1/ticks?cursor={cursor}")).await;
     check("/v1/ticks", &next);
@@ -152,6 +161,29 @@ async fn real_answers_match_the_document() {
         "/components/responses/MethodNotAllowed/content/application~1json/schema",
         &wrong_method.json(),
     );
+}
+
+/// The documented headers of a `/v1/ticks` answer are there and match their schemas; a 304 has no
+/// body and the document gives it none.
+fn check_cache_headers(answer: &Answer, status: u16) {
+    let doc = document();
+    let response = doc
+        .pointer(&format!("/paths/~1v1~1ticks/get/responses/{status}"))
+        .unwrap_or_else(|| panic!("status {status} is not documented"));
+    let headers = response["headers"].as_object().unwrap();
+    // serde_json's map sorts the keys.
+    assert_eq!(
+        headers.keys().collect::<Vec<_>>(),
+        ["Cache-Control", "ETag"]
+    );
+    for name in headers.keys() {
+        let pointer = format!("/paths/~1v1~1ticks/get/responses/{status}/headers/{name}/schema");
+        assert_valid(&pointer, &json!(answer.header(name)));
+    }
+    if status == 304 {
+        assert!(response.get("content").is_none());
+        assert!(answer.body.is_empty());
+    }
 }
 
 #[tokio::test]
@@ -231,12 +263,20 @@ fn every_parameter_is_described_with_the_servers_limits() {
     let parameters = doc["paths"]["/v1/ticks"]["get"]["parameters"]
         .as_array()
         .unwrap();
-    let names: Vec<&str> = parameters
+    let names: Vec<(&str, &str)> = parameters
         .iter()
-        .map(|p| p["name"].as_str().unwrap())
+        .map(|p| (p["in"].as_str().unwrap(), p["name"].as_str().unwrap()))
         .collect();
-    assert_eq!(names, ["since", "currency", "limit", "cursor"]);
-    assert!(parameters.iter().all(|p| p["in"] == "query"));
+    assert_eq!(
+        names,
+        [
+            ("query", "since"),
+            ("query", "currency"),
+            ("query", "limit"),
+            ("query", "cursor"),
+            ("header", "If-None-Match")
+        ]
+    );
     let limit = &parameters[2]["schema"];
     assert_eq!(limit["minimum"], 1);
     assert_eq!(limit["maximum"], json!(MAX_LIMIT));

@@ -86,6 +86,11 @@ impl Answer {
         self.headers["content-type"].to_str().unwrap()
     }
 
+    /// A response header, `""` if absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
     /// The raw JSON text of each tick object under `ticks.<currency>`.
     pub fn raw_ticks(&self, currency: Currency) -> Vec<String> {
         let page: std::collections::HashMap<String, &RawValue> =
@@ -101,12 +106,28 @@ impl Answer {
 
 /// One in-process request through the router, as hyper would deliver it.
 pub async fn request(app: &Router, method: &str, uri: &str) -> Answer {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::empty())
+    request_with(app, method, uri, &[]).await
+}
+
+pub async fn get(app: &Router, uri: &str) -> Answer {
+    request(app, "GET", uri).await
+}
+
+/// A GET with these request headers.
+pub async fn get_with(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Answer {
+    request_with(app, "GET", uri, headers).await
+}
+
+async fn request_with(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
         .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -118,10 +139,6 @@ pub async fn request(app: &Router, method: &str, uri: &str) -> Answer {
         headers,
         body,
     }
-}
-
-pub async fn get(app: &Router, uri: &str) -> Answer {
-    request(app, "GET", uri).await
 }
 
 /// A minimal HTTP/1.1 GET over a real socket (`Connection: close`, read to the end), so the test
