@@ -60,7 +60,8 @@ pub struct HistoryPage {
     pub ticks: BTreeMap<Currency, Vec<Tick>>,
     pub gaps: Vec<Gap>,
     pub interval: Option<Interval>,
-    /// The newest tick the server holds of the asked currencies.
+    /// The newest tick the server holds of the asked currencies; None on a closed page (cut by
+    /// the limit before the newest tick of every asked currency), which never changes.
     pub latest: Option<Timedate>,
     pub since_before_earliest: bool,
     /// Set when the limit cut the page: where the next one starts.
