@@ -270,13 +270,26 @@ impl Nginx {
 
 /// A plain HTTP/1.1 GET over loopback; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    let (status, _, body) = http_get_with(addr, path, &[]).await?;
+    Ok((status, body))
+}
+
+/// [`http_get`] with request headers (`Name: value` lines); also returns the response's header
+/// lines, names lower-cased.
+pub async fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[String],
+) -> anyhow::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut raw))
         .await
@@ -291,12 +304,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<
         .nth(1)
         .context("no HTTP status")?
         .parse()?;
+    let fields: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
     let body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
+    if fields
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"))
     {
         bail!("GET {path}: chunked answers are not handled");
     }
-    Ok((status, body))
+    Ok((status, fields, body))
 }

@@ -1,5 +1,7 @@
 //! Scenario 2, the history API: `wrk` against `/v1/ticks` on a store of a year of 5 s ticks, and,
-//! in the same run, against nginx serving a static file with the same bytes as our answer.
+//! in the same run, against nginx serving a static file with the same bytes as our answer. One run
+//! asks for a closed page with its own `ETag` in `If-None-Match`: what a `304` costs beside the
+//! full answer (and beside nginx's `304` for the same file).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use testkit::HistoryProcess;
 
 use crate::harness::meters::{self, CpuMeter};
 use crate::harness::report::{self, Table, fmt_f};
-use crate::harness::servers::{Nginx, http_get};
+use crate::harness::servers::{Nginx, http_get, http_get_with};
 use crate::harness::store::{self, GenReport};
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +86,8 @@ pub struct QueryResult {
     pub ours_single: Option<Wrk>,
     pub nginx_single: Option<Wrk>,
     pub ratio_rps: f64,
+    /// Answered `304 Not Modified` (the client held the page), by both servers.
+    pub not_modified: bool,
     /// Where history-api's answers to our wrk runs came from, per its `/metrics`:
     /// `pricefeed_history_answers_total` for cache, memory (the tail) and store (SQLite).
     pub answered_from: AnsweredFrom,
@@ -94,6 +98,8 @@ pub struct AnsweredFrom {
     pub cache: u64,
     pub memory: u64,
     pub store: u64,
+    /// Requests answered `304 Not Modified` (`pricefeed_history_requests_total{status="304"}`).
+    pub not_modified: u64,
 }
 
 impl AnsweredFrom {
@@ -110,10 +116,17 @@ impl AnsweredFrom {
                 .parse()
                 .context("bad pricefeed_history_answers_total")
         };
+        // Absent until the first 304.
+        let not_modified = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pricefeed_history_requests_total{status=\"304\"} "))
+            .map_or(Ok(0), |n| n.trim().parse())
+            .context("bad pricefeed_history_requests_total")?;
         Ok(AnsweredFrom {
             cache: count("cache")?,
             memory: count("memory")?,
             store: count("store")?,
+            not_modified,
         })
     }
 
@@ -122,6 +135,7 @@ impl AnsweredFrom {
             cache: self.cache - before.cache,
             memory: self.memory - before.memory,
             store: self.store - before.store,
+            not_modified: self.not_modified - before.not_modified,
         }
     }
 
@@ -275,16 +289,59 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
     }
     let nginx_pids = meters::with_children(nginx.process.pid);
 
-    // Each run: a name, the path it reports, our URL, the wrk script if any, and which query's
-    // file nginx serves beside it.
-    let mut runs: Vec<(String, String, String, Option<PathBuf>, usize)> = queries
+    let mut runs: Vec<Run> = queries
         .iter()
         .enumerate()
-        .map(|(i, (name, _, _, path))| {
-            let ours_url = format!("http://{}{path}", api.addr);
-            (name.to_string(), path.clone(), ours_url, None, i)
+        .map(|(i, (name, _, _, path))| Run {
+            name: name.to_string(),
+            path: path.clone(),
+            ours_url: format!("http://{}{path}", api.addr),
+            script: None,
+            same_as: i,
+            held: None,
         })
         .collect();
+    // The deep page is closed (the limit cut it long before the newest tick): a client or a cache
+    // that holds it asks with its ETag and gets a 304. nginx answers the same for its file, with
+    // its own ETag.
+    let deep = 2;
+    let deep_path = &queries[deep].3;
+    let (status, fields, full) = http_get_with(api.addr, deep_path, &[]).await?;
+    anyhow::ensure!(
+        status == 200 && full == bodies[deep].0,
+        "deep: HTTP {status}"
+    );
+    let field = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .with_context(|| format!("no {name} header"))
+    };
+    let control = field(&fields, "cache-control")?;
+    anyhow::ensure!(control.contains("immutable"), "deep: not closed: {control}");
+    let ours_held = format!("If-None-Match: {}", field(&fields, "etag")?);
+    let (_, nginx_fields, _) = http_get_with(nginx_addr, &format!("/q{deep}.json"), &[]).await?;
+    let nginx_held = format!("If-None-Match: {}", field(&nginx_fields, "etag")?);
+    for (addr, path, held) in [
+        (api.addr, deep_path.clone(), &ours_held),
+        (nginx_addr, format!("/q{deep}.json"), &nginx_held),
+    ] {
+        let (status, _, body) = http_get_with(addr, &path, std::slice::from_ref(held)).await?;
+        anyhow::ensure!(
+            status == 304 && body.is_empty(),
+            "{path} with {held}: HTTP {status}, {} bytes",
+            body.len()
+        );
+    }
+    runs.push(Run {
+        name: "deep, 304 (If-None-Match holds the page)".into(),
+        path: format!("{deep_path} + If-None-Match"),
+        ours_url: format!("http://{}{deep_path}", api.addr),
+        script: None,
+        same_as: deep,
+        held: Some((ours_held, nginx_held)),
+    });
     // The answers above are cached by history-api (same URL, unchanged store). Defeat the cache:
     // each request asks for a different `since` (1,000 values, one second apart), so every answer
     // is computed; nginx serves the file of the same query. Near the end of the store the answers
@@ -317,12 +374,26 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
                  end\n"
             ),
         )?;
-        let ours_url = format!("http://{}/", api.addr);
-        runs.push((name.to_string(), path, ours_url, Some(script), same_as));
+        runs.push(Run {
+            name: name.to_string(),
+            path,
+            ours_url: format!("http://{}/", api.addr),
+            script: Some(script),
+            same_as,
+            held: None,
+        });
     }
 
     let mut results = Vec::new();
-    for (name, path, ours_url, script, same_as) in runs {
+    for run in runs {
+        let Run {
+            name,
+            path,
+            ours_url,
+            script,
+            same_as,
+            held,
+        } = run;
         eprintln!("history: wrk {name}");
         let nginx_url = format!("http://{nginx_addr}/q{same_as}.json");
         let load = (
@@ -334,30 +405,51 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         let single_too = !args.wrk_single_duration.starts_with('0');
         let script = script.as_deref();
         let ours_pids = vec![api.process.pid];
+        let (ours_headers, nginx_headers): (Vec<String>, Vec<String>) = match &held {
+            Some((ours, nginx)) => (vec![ours.clone()], vec![nginx.clone()]),
+            None => Default::default(),
+        };
+        let ours_req = (script, ours_headers.as_slice(), ours_url.as_str());
+        let nginx_req = (None, nginx_headers.as_slice(), nginx_url.as_str());
 
         let before = AnsweredFrom::read(api.addr).await?;
-        let ours = wrk_script(args.retry(), script, load, &ours_url, ours_pids.clone()).await?;
+        let ours = wrk_script(args.retry(), ours_req, load, ours_pids.clone()).await?;
         let ours_single = if single_too {
-            Some(wrk_script(args.retry(), script, single, &ours_url, ours_pids).await?)
+            Some(wrk_script(args.retry(), ours_req, single, ours_pids).await?)
         } else {
             None
         };
         let answered_from = AnsweredFrom::read(api.addr).await?.since(before);
-        let peer = wrk(args.retry(), load, &nginx_url, nginx_pids.clone()).await?;
+        if held.is_some() {
+            // wrk counts only 4xx and 5xx as errors: make sure every answer was a 304.
+            let not_modified = answered_from.not_modified;
+            let requests = ours.requests + ours_single.as_ref().map_or(0, |w| w.requests);
+            anyhow::ensure!(
+                not_modified >= requests,
+                "{name}: {not_modified} answers were 304 of {requests} requests"
+            );
+        }
+        let peer = wrk_script(args.retry(), nginx_req, load, nginx_pids.clone()).await?;
         let nginx_single = if single_too {
-            Some(wrk(args.retry(), single, &nginx_url, nginx_pids.clone()).await?)
+            Some(wrk_script(args.retry(), nginx_req, single, nginx_pids.clone()).await?)
         } else {
             None
+        };
+        // A 304 carries no body: what it costs is measured against the full page's row.
+        let (ticks, bytes) = match held {
+            Some(_) => (0, 0),
+            None => (bodies[same_as].1, bodies[same_as].0.len()),
         };
         let (store_median_ms, store_p99_ms) = store_times[same_as];
         results.push(QueryResult {
             name,
             path,
-            ticks: bodies[same_as].1,
-            bytes: bodies[same_as].0.len(),
+            ticks,
+            bytes,
             store_median_ms,
             store_p99_ms,
             ratio_rps: ours.requests_per_second / peer.requests_per_second,
+            not_modified: held.is_some(),
             ours,
             nginx: peer,
             ours_single,
@@ -402,15 +494,22 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
     Ok(result)
 }
 
-/// One wrk run with (threads, connections, duration).
-async fn wrk(
-    retry: Retry,
-    (threads, connections, duration): (usize, usize, &str),
-    url: &str,
-    pids: Vec<u32>,
-) -> anyhow::Result<Wrk> {
-    wrk_script(retry, None, (threads, connections, duration), url, pids).await
+/// One wrk run of the history scenario.
+struct Run {
+    name: String,
+    /// The path it reports.
+    path: String,
+    ours_url: String,
+    /// The wrk script that writes our requests, if any.
+    script: Option<PathBuf>,
+    /// Which query's file nginx serves beside it.
+    same_as: usize,
+    /// The `If-None-Match` header line sent to us and to nginx: each names the page it serves.
+    held: Option<(String, String)>,
 }
+
+/// What wrk asks: its Lua script if any, extra header lines, the URL.
+type Asked<'a> = (Option<&'a std::path::Path>, &'a [String], &'a str);
 
 /// How often to measure again while other processes on this shared machine are busy.
 #[derive(Debug, Clone, Copy)]
@@ -432,14 +531,13 @@ impl HistoryArgs {
 /// take more than `retry.max_other_cpu` percent of a core.
 async fn wrk_script(
     retry: Retry,
-    script: Option<&std::path::Path>,
+    asked: Asked<'_>,
     load: (usize, usize, &str),
-    url: &str,
     pids: Vec<u32>,
 ) -> anyhow::Result<Wrk> {
     let mut attempt = 1;
     loop {
-        let w = wrk_script_once(script, load, url, pids.clone()).await?;
+        let w = wrk_script_once(asked, load, pids.clone()).await?;
         if w.other_percent <= retry.max_other_cpu || attempt >= retry.attempts {
             return Ok(w);
         }
@@ -452,11 +550,10 @@ async fn wrk_script(
     }
 }
 
-/// [`wrk`] with a Lua script that writes the requests.
+/// One wrk run with (threads, connections, duration).
 async fn wrk_script_once(
-    script: Option<&std::path::Path>,
+    (script, headers, url): Asked<'_>,
     (threads, connections, duration): (usize, usize, &str),
-    url: &str,
     pids: Vec<u32>,
 ) -> anyhow::Result<Wrk> {
     let cpu = CpuMeter::start(pids.clone());
@@ -472,6 +569,9 @@ async fn wrk_script_once(
     ];
     if let Some(script) = script {
         wrk_args.extend(["-s".into(), script.display().to_string()]);
+    }
+    for header in headers {
+        wrk_args.extend(["-H".into(), header.clone()]);
     }
     wrk_args.push(url.to_string());
     let raw = testkit::command_stdout("wrk", &wrk_args, Duration::from_secs(600)).await?;
