@@ -43,14 +43,16 @@ pub(crate) struct Assembled<'a> {
 
 impl Assembled<'_> {
     /// Whether the page can never change: the limit cut it, and every requested currency has a
-    /// stored tick at or after its end, so no tick can still arrive inside it and every gap that
+    /// stored tick after its end, so no tick can still arrive inside it and every gap that
     /// overlaps it has ended. (The store only grows at the newest slot; a node filling its history
-    /// from a peer is the exception, and its caller must not ask.)
+    /// from a peer is the exception, and its caller must not ask.) After, not at: a node's
+    /// recorder, catching up again after a lost subscription, replaces its newest tick with the
+    /// peer's, so a page holding a currency's newest tick is not final yet.
     pub(crate) fn closed(&self) -> bool {
         self.next.is_some_and(|end| {
             self.bounds
                 .iter()
-                .all(|bounds| bounds.is_some_and(|(_, newest)| newest >= end.time))
+                .all(|bounds| bounds.is_some_and(|(_, newest)| newest > end.time))
         })
     }
 }

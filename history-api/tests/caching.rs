@@ -192,10 +192,15 @@ async fn the_last_page_is_kept_until_the_next_slot_and_changes_with_it() {
     assert_ne!(etag(&after), tag);
     short_max_age(&after);
 
-    // A page the limit cut one tick before the newest is closed: what follows it is on the next.
+    // A page the limit cut that holds a currency's newest tick (USD at slot 100, the next page
+    // starting with EUR's) is open: the newest tick is the one a node catching up may replace.
     let edge = get(&app, &format!("/v1/ticks?since={}&limit=3", slot(99))).await;
     assert!(edge.json()["next_cursor"].is_string());
-    assert_eq!(edge.header("cache-control"), CLOSED);
+    assert_eq!(edge.json()["latest"], slot(100).to_string());
+    short_max_age(&edge);
+    // One slot earlier it is closed.
+    let before = get(&app, &format!("/v1/ticks?since={}&limit=3", slot(98))).await;
+    assert_eq!(before.header("cache-control"), CLOSED);
 }
 
 /// EUR's sources are down since slot 50 (no gap recorded yet: the outage is going on). A page that
