@@ -32,12 +32,21 @@ pub fn parse<C: clap::Parser>(name: &str) -> Result<C, ExitCode> {
             Err(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("{name}: {}", first.trim_start_matches("error: "));
+            eprintln!("{name}: {}", one_line(&e.render().to_string()));
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// The first paragraph of a clap error on one line: for a missing argument, the arguments are on
+/// the lines after "the following required arguments were not provided:".
+fn one_line(rendered: &str) -> String {
+    let words: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    words.join(" ").trim_start_matches("error: ").to_string()
 }
 
 /// Logs to stderr (stdout is data, for `pricesub`), in `format`, at the levels `RUST_LOG` gives, or
@@ -155,5 +164,37 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[arg(long, requires = "key")]
+        cert: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+    }
+
+    fn error(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).unwrap_err();
+        super::one_line(&e.render().to_string())
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_naming_what_is_wrong() {
+        assert_eq!(
+            error(&["cli", "--cert", "c.pem"]),
+            "the following required arguments were not provided: --key <KEY>"
+        );
+        assert_eq!(
+            error(&["cli", "--port", "x"]),
+            "invalid value 'x' for '--port <PORT>': invalid digit found in string"
+        );
     }
 }
