@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing first what the end-to-end tests use as real
 # third-party parts: Debian's Mosquitto (broker, mosquitto_sub, mosquitto_pub, mosquitto_passwd),
-# etcd (etcd-server, etcdctl), curl and HAProxy, protoc (the cluster and etcd builds need it), and
-# the Python MQTT client paho-mqtt from PyPI. Then builds pricefeed with both ways of running
-# several nodes (cluster and etcd) and runs their tests (three nodes each, one test at a time).
+# etcd (etcd-server, etcdctl), curl and HAProxy, protoc (the cluster and etcd builds need it),
+# openssl (the TLS tests make their certificates with it), and the Python MQTT client paho-mqtt
+# from PyPI. Then builds pricefeed with both ways of running several nodes (cluster and etcd) and
+# MQTT over TLS, and runs their tests (three nodes each, one test at a time) and the TLS tests.
 # Arguments go to every test run. Nothing here reaches the internet at
 # test time: price APIs are served from tests/fixtures by a local server.
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool in mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_passwd:mosquitto curl:curl \
-    protoc:protobuf-compiler haproxy:haproxy etcd:etcd-server etcdctl:etcd-client; do
+    protoc:protobuf-compiler haproxy:haproxy etcd:etcd-server etcdctl:etcd-client openssl:openssl; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -31,11 +32,12 @@ fi
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 
-# Several nodes: the `cluster,etcd` build of pricefeed (target/…/pricefeed is now that one), then
-# the tests that start three of it (a raft cluster of embedded brokers; nodes on Mosquitto elected
-# with etcd) and the election's own tests against etcd.
-features=publisher/cluster,publisher/etcd,pricefeed-tests/cluster,pricefeed-tests/etcd
-cargo build --locked -p publisher --features cluster,etcd --bin pricefeed
+# Several nodes and TLS: the `cluster,etcd,tls` build of pricefeed (target/…/pricefeed is now that
+# one), then the tests that start three of it (a raft cluster of embedded brokers; nodes on
+# Mosquitto elected with etcd), the election's own tests against etcd, and MQTT over TLS and HTTPS
+# with mosquitto_sub and curl.
+features=publisher/cluster,publisher/etcd,publisher/tls,pricefeed-tests/cluster,pricefeed-tests/etcd,pricefeed-tests/tls
+cargo build --locked -p publisher --features cluster,etcd,tls --bin pricefeed
 # A cluster test that fails is run once more, and says so (nextest prints it as FLAKY): three
 # raft nodes per test on a shared 2-core machine. The one cause seen so far, a node's raft port
 # handed to an outgoing connection before the node bound it, is fixed in the test kit (node ports
@@ -43,9 +45,9 @@ cargo build --locked -p publisher --features cluster,etcd --bin pricefeed
 # cargo-nextest is missing, no retry.
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked -p pricefeed-tests -p publisher --features "$features" \
-        --test cluster --test elected --test etcd_election \
+        --test cluster --test elected --test etcd_election --test tls \
         --retries 1 --test-threads 1 --no-tests fail "$@"
 else
     cargo test --locked -p pricefeed-tests -p publisher --features "$features" \
-        --test cluster --test elected --test etcd_election "$@" -- --test-threads=1
+        --test cluster --test elected --test etcd_election --test tls "$@" -- --test-threads=1
 fi

@@ -18,8 +18,12 @@
 //!   place.
 //! - A CPU "busy check" refuses CONNECTs when the machine is loaded; a price feed should serve its
 //!   subscribers precisely when it is busy, so it is off.
+//! - Its TLS listener (cargo feature `tls`) always builds its rustls configuration on aws-lc-rs,
+//!   whatever the process default provider is; every other TLS of the process names ring
+//!   explicitly or installs it as the default, so the two never have to agree.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -48,7 +52,24 @@ pub struct EmbeddedBroker {
     pub worker_threads: usize,
     /// Join this raft cluster (needs the cargo feature `cluster`).
     pub cluster: Option<ClusterConfig>,
+    /// A second listener, for MQTT over TLS (needs the cargo feature `tls`).
+    pub tls: Option<TlsListener>,
 }
+
+/// Where and with what certificate the broker listens for MQTT over TLS: the same ACL and limits
+/// as the plain listener, which stays open beside it.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Port 0 picks a free port (see [`BrokerHandle::tls_addr`]).
+    pub listen: SocketAddr,
+    /// The certificate chain, PEM, the server's certificate first.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+}
+
+/// Whether this build has MQTT over TLS (the cargo feature `tls`).
+pub const MQTT_TLS_BUILT: bool = cfg!(feature = "tls");
 
 impl EmbeddedBroker {
     /// A broker on `listen` with the given publisher credential and default limits.
@@ -60,6 +81,7 @@ impl EmbeddedBroker {
             limits: ClientLimits::default(),
             worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cluster: None,
+            tls: None,
         }
     }
 
@@ -113,7 +135,12 @@ rules = [
         if let Some(cluster) = &self.cluster {
             crate::cluster::raft::check_ports(cluster)?;
         }
-        type Ready = Result<(SocketAddr, ServerContext, tokio::runtime::Handle), BrokerError>;
+        if self.tls.is_some() && !MQTT_TLS_BUILT {
+            return Err(BrokerError::Config(
+                "this pricefeed was built without MQTT TLS: build with --features tls".into(),
+            ));
+        }
+        type Ready = Result<(Listening, ServerContext, tokio::runtime::Handle), BrokerError>;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let joined = Arc::new(AtomicBool::new(self.cluster.is_none()));
@@ -136,9 +163,9 @@ rules = [
                 };
                 runtime.block_on(async move {
                     let (server, scx) = match self.build().await {
-                        Ok((server, addr, scx)) => {
+                        Ok((server, listening, scx)) => {
                             let _ = ready_tx.send(Ok((
-                                addr,
+                                listening,
                                 scx.clone(),
                                 tokio::runtime::Handle::current(),
                             )));
@@ -171,12 +198,16 @@ rules = [
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| BrokerError::Start(e.to_string()))?;
-        let (local_addr, scx, runtime) = ready_rx
+        let (listening, scx, runtime) = ready_rx
             .recv()
             .map_err(|_| BrokerError::Start("broker thread ended before listening".into()))??;
-        tracing::info!(addr = %local_addr, "embedded MQTT broker listening");
+        tracing::info!(addr = %listening.plain, "embedded MQTT broker listening");
+        if let Some(addr) = listening.tls {
+            tracing::info!(%addr, "embedded MQTT broker listening for MQTT over TLS");
+        }
         Ok(BrokerHandle {
-            local_addr,
+            local_addr: listening.plain,
+            tls_addr: listening.tls,
             cluster: cluster.map(|config| ClusterHandle {
                 config: Arc::new(config),
                 scx,
@@ -188,7 +219,7 @@ rules = [
         })
     }
 
-    async fn build(&self) -> Result<(MqttServer, SocketAddr, ServerContext), BrokerError> {
+    async fn build(&self) -> Result<(MqttServer, Listening, ServerContext), BrokerError> {
         let start_err = |e: &dyn std::fmt::Display| BrokerError::Start(e.to_string());
         let mut builder = ServerContext::new()
             .mqtt_max_sessions(isize::try_from(self.max_sessions).unwrap_or(isize::MAX))
@@ -212,30 +243,81 @@ rules = [
             addr: self.listen,
             reason: e.to_string(),
         };
-        let listener = Builder::new()
-            .name("mqtt/tcp")
-            .laddr(self.listen)
-            // Anonymous clients are welcome to read (the ACL decides what they may do), but they
-            // too pass the authentication hook, where the per-address limits are checked.
-            .allow_anonymous(false)
-            .max_packet_size(self.limits.max_packet_bytes)
-            .max_keepalive(self.limits.max_keepalive_s)
-            .allow_zero_keepalive(false)
-            // A restarted process can re-bind its port while old sockets sit in TIME_WAIT.
-            .reuseaddr(Some(true))
-            // A tick goes out the moment it is written, not after the previous one is acknowledged.
-            .nodelay(true)
+        let listener = listener_builder("mqtt/tcp", self.listen, &self.limits)
             .bind()
             .map_err(|e| bind_err(&e))?
             .tcp()
             .map_err(|e| bind_err(&e))?;
         let local_addr = listener.local_addr().map_err(|e| bind_err(&e))?;
         // Keyed by the real port: `listener()` would key it by the configured port, 0 in tests.
-        let server = MqttServer::new(scx.clone())
-            .listener_by_id(listener, local_addr.port())
-            .build();
-        Ok((server, local_addr, scx))
+        let server = MqttServer::new(scx.clone()).listener_by_id(listener, local_addr.port());
+        #[cfg(feature = "tls")]
+        let (server, tls_addr) = match &self.tls {
+            Some(tls) => {
+                let (listener, addr) = tls_listener(tls, &self.limits)?;
+                (server.listener_by_id(listener, addr.port()), Some(addr))
+            }
+            None => (server, None),
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls_addr = None;
+        let listening = Listening {
+            plain: local_addr,
+            tls: tls_addr,
+        };
+        Ok((server.build(), listening, scx))
     }
+}
+
+/// The settings every listener shares, plain or TLS.
+fn listener_builder(name: &str, listen: SocketAddr, limits: &ClientLimits) -> Builder {
+    Builder::new()
+        .name(name)
+        .laddr(listen)
+        // Anonymous clients are welcome to read (the ACL decides what they may do), but they
+        // too pass the authentication hook, where the per-address limits are checked.
+        .allow_anonymous(false)
+        .max_packet_size(limits.max_packet_bytes)
+        .max_keepalive(limits.max_keepalive_s)
+        .allow_zero_keepalive(false)
+        // A restarted process can re-bind its port while old sockets sit in TIME_WAIT.
+        .reuseaddr(Some(true))
+        // A tick goes out the moment it is written, not after the previous one is acknowledged.
+        .nodelay(true)
+}
+
+/// The MQTT-over-TLS listener, bound, with its certificate and key read.
+#[cfg(feature = "tls")]
+fn tls_listener(
+    tls: &TlsListener,
+    limits: &ClientLimits,
+) -> Result<(rmqtt::net::Listener, SocketAddr), BrokerError> {
+    let bind_err = |e: &dyn std::fmt::Display| BrokerError::Bind {
+        addr: tls.listen,
+        reason: e.to_string(),
+    };
+    let listener = listener_builder("mqtt/tls", tls.listen, limits)
+        .tls_cert(Some(tls.cert.to_string_lossy()))
+        .tls_key(Some(tls.key.to_string_lossy()))
+        .bind()
+        .map_err(|e| bind_err(&e))?
+        // Its error names neither file: say which.
+        .tls()
+        .map_err(|e| {
+            BrokerError::Config(format!(
+                "MQTT over TLS with the certificate {} and key {}: {e:#}",
+                tls.cert.display(),
+                tls.key.display()
+            ))
+        })?;
+    let addr = listener.local_addr().map_err(|e| bind_err(&e))?;
+    Ok((listener, addr))
+}
+
+/// The addresses the broker's listeners really bound.
+struct Listening {
+    plain: SocketAddr,
+    tls: Option<SocketAddr>,
 }
 
 /// Retained messages in memory, never expiring: the last price stays visible through an outage
@@ -250,6 +332,7 @@ retained_message_ttl = "0s"
 /// A running embedded broker. Dropping it stops the broker.
 pub struct BrokerHandle {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     cluster: Option<ClusterHandle>,
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -293,6 +376,11 @@ impl BrokerHandle {
     /// The address the broker listens on (the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the MQTT-over-TLS listener, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The cluster this broker is a node of, if any.

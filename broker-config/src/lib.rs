@@ -3,7 +3,8 @@
 //! Two ways to run it, with the same rules:
 //!
 //! - **Embedded** ([`EmbeddedBroker`]): rmqtt 0.24 inside the pricefeed process, the single-machine
-//!   default. MQTT 3.1.1 and 5 on one TCP listener, retained messages in memory, and the ACL below.
+//!   default. MQTT 3.1.1 and 5 on a TCP listener (and, with the cargo feature `tls`, on a second one
+//!   for MQTT over TLS), retained messages in memory, and the ACL below.
 //! - **External**: Mosquitto (or any broker) run by the operator; [`mosquitto`] writes the
 //!   equivalent configuration and ACL, and `broker-config/mosquitto/` holds a ready example.
 //! - **Clustered** ([`cluster`], cargo feature `cluster`): every node runs the embedded broker,
@@ -27,7 +28,7 @@ mod guard;
 pub mod mosquitto;
 
 pub use cluster::{ClusterConfig, ClusterStatus, NodeAddr};
-pub use embedded::{BrokerHandle, ClusterHandle, EmbeddedBroker};
+pub use embedded::{BrokerHandle, ClusterHandle, EmbeddedBroker, MQTT_TLS_BUILT, TlsListener};
 pub use error::BrokerError;
 pub use guard::ClientLimits;
 

@@ -37,6 +37,8 @@
 //! - `limits`: [`Limits`], what one client address may take (rate, connections, request size) and
 //!   the cap on requests in flight.
 //! - `error`: [`ApiError`], every failure and its JSON body.
+//! - `tls`: HTTPS: the [`TlsArgs`] flags, the rustls configuration from [`TlsFiles`], and the
+//!   [`HttpListener`] that [`serve`] takes, plain or with TLS.
 
 mod answer;
 mod cache;
@@ -52,6 +54,7 @@ mod server;
 mod state;
 mod stored;
 mod tail;
+mod tls;
 
 pub use answer::FeedFacts;
 pub use cursor::{BadCursor, Cursor, PageKey};
@@ -64,3 +67,4 @@ pub use server::{
     serve_router,
 };
 pub use state::ApiState;
+pub use tls::{HttpListener, TlsArgs, TlsError, TlsFiles};

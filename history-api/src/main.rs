@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use history_api::{ApiState, FeedFacts};
+use history_api::{ApiState, FeedFacts, HttpListener, TlsArgs};
 use history_store::HistoryStore;
 use startup::{Fatal, LogFormat, Runtime};
 use ticks::Interval;
@@ -38,6 +38,9 @@ struct Cli {
     /// Log lines as human-readable text or as JSON objects. RUST_LOG sets the level (default info).
     #[arg(long, env = "PRICEFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Fatal> {
+    // TlsError names the file to fix.
+    let tls = cli.tls.files().map(|f| f.acceptor()).transpose()?;
     // Bind first: a port in use is the likeliest start-up failure, and should not leave a new,
     // empty store file behind.
     let listener = tokio::net::TcpListener::bind(&cli.http_listen)
@@ -77,6 +82,10 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
         },
     };
     let state = ApiState::new(store, feed).with_limits(cli.limits);
+    let listener = match tls {
+        Some(tls) => HttpListener::https(listener, tls),
+        None => listener.into(),
+    };
     history_api::serve(listener, state, startup::shutdown_signal())
         .await
         .context("serving HTTP failed")

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::limits::{ConnectionCounts, Limits, Peer, RequestLimits, limit_request};
 use crate::metrics::Metrics;
 use crate::state::ApiState;
+use crate::tls::HttpListener;
 use crate::{health, page};
 
 /// The OpenAPI 3.1 description of every route, served at `/openapi.json`.
@@ -133,10 +134,11 @@ impl Default for ServeOptions {
     }
 }
 
-/// Serves [`app`] on `listener` until `shutdown` resolves, then lets requests in flight finish
-/// (closing idle connections at once) for at most 15 s, and returns.
+/// Serves [`app`] on `listener` (plain HTTP, or HTTPS: [`HttpListener::https`]) until `shutdown`
+/// resolves, then lets requests in flight finish (closing idle connections at once) for at most
+/// 15 s, and returns.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<HttpListener>,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -152,12 +154,11 @@ pub async fn serve(
 /// never fire, and sees no peer address: this accept loop is axum's, with the timer, the peer
 /// address on each request and the per-address connection cap.
 pub async fn serve_router(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<HttpListener>,
     router: Router,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt as _;
 
@@ -170,8 +171,9 @@ pub async fn serve_router(
     let max_head = (limits.header_bytes as usize).max(8_192);
     let mut refused = 0u64;
 
+    let HttpListener { tcp: listener, tls } = listener.into();
     let address = listener.local_addr()?;
-    tracing::info!(%address, "history API listening");
+    tracing::info!(%address, https = tls.is_some(), "history API listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -209,25 +211,24 @@ pub async fn serve_router(
                 request
             },
         ));
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
         let metrics = metrics.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _counted = counted;
             metrics.history_connection(true);
             let _open = OpenConnection(&metrics);
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .max_buf_size(max_head);
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                // Errors here are the client's (reset, timed out, malformed): nothing to report.
-                _ = connection.as_mut() => return,
-                _ = stopped.wait_for(|stop| *stop) => {}
+            let limits = (header_read_timeout, max_head);
+            let Some(tls) = tls else {
+                return serve_connection(stream, service, limits, stopped).await;
+            };
+            // The handshake gets the header timeout too: a client that starts one and stalls is
+            // a slow-headers client. Failures are the client's (no TLS, a certificate it refused).
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(header_read_timeout, tls.accept(stream)).await
+            {
+                serve_connection(stream, service, limits, stopped).await;
             }
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         });
     }
     drop(listener);
@@ -245,4 +246,36 @@ pub async fn serve_router(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection, plain or after its TLS handshake, until it ends or shutdown is asked
+/// for; then lets its request in flight finish.
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    (header_read_timeout, max_head): (Duration, usize),
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_head);
+    let connection = http.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        // Errors here are the client's (reset, timed out, malformed): nothing to report.
+        _ = connection.as_mut() => return,
+        _ = stopped.wait_for(|stop| *stop) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }

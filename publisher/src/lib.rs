@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker_config::{BrokerHandle, ClusterHandle, Credentials, EmbeddedBroker};
-use history_api::{ApiState, FeedFacts, Metrics};
+use broker_config::{BrokerHandle, ClusterHandle, Credentials, EmbeddedBroker, TlsListener};
+use history_api::{ApiState, FeedFacts, HttpListener, Metrics, TlsFiles};
 use history_store::{FeedInfo, HistoryStore};
 use price_sources::{SourceChain, SourceConfig};
 use ticks::{BrokerUrl, Currency, Interval};
@@ -114,6 +114,18 @@ pub struct Config {
     /// Run as one of several nodes on an external broker, elected with etcd (needs the cargo
     /// feature `etcd`).
     pub elected: Option<ElectedSettings>,
+    /// HTTPS instead of HTTP on `http_listen`, and MQTT over TLS if asked for.
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS: the history API serves HTTPS only; the embedded broker adds a TLS listener if
+/// `mqtt_listen` is given.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub files: TlsFiles,
+    /// Where the embedded broker listens for MQTT over TLS, beside its plain listener (needs the
+    /// cargo feature `tls`).
+    pub mqtt_listen: Option<SocketAddr>,
 }
 
 /// A node of several on an operator's broker: one publishes at a time, elected with etcd; every
@@ -150,6 +162,7 @@ pub struct Feed {
     broker: Option<BrokerHandle>,
     broker_url: BrokerUrl,
     http: tokio::net::TcpListener,
+    https: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Feed {
@@ -211,6 +224,23 @@ impl Feed {
                 );
             }
         }
+        let mqtts = config.tls.as_ref().is_some_and(|t| t.mqtt_listen.is_some());
+        if mqtts && matches!(config.broker, BrokerMode::External { .. }) {
+            anyhow::bail!(
+                "--mqtts-listen is for the embedded broker; with --broker, MQTT over TLS is your broker's to serve"
+            );
+        }
+        if mqtts && !broker_config::MQTT_TLS_BUILT {
+            anyhow::bail!(
+                "this pricefeed was built without MQTT TLS: build with --features tls (or drop --mqtts-listen for HTTPS alone)"
+            );
+        }
+        // The files are read now, so a bad certificate or key is refused before anything starts.
+        // The broker reads the same files again for MQTT over TLS.
+        let https = match &config.tls {
+            Some(tls) => Some(tls.files.acceptor()?),
+            None => None,
+        };
         let store = HistoryStore::open(&config.db)?;
         store
             .set_feed_info(FeedInfo {
@@ -228,6 +258,13 @@ impl Feed {
                 embedded.max_sessions = *max_sessions;
                 embedded.limits = *limits;
                 embedded.cluster = config.cluster.as_ref().map(|c| c.cluster.clone());
+                embedded.tls = config.tls.as_ref().and_then(|tls| {
+                    Some(TlsListener {
+                        listen: tls.mqtt_listen?,
+                        cert: tls.files.cert.clone(),
+                        key: tls.files.key.clone(),
+                    })
+                });
                 let handle = tokio::task::spawn_blocking(move || embedded.start())
                     .await
                     .context("starting the embedded broker")??;
@@ -257,12 +294,18 @@ impl Feed {
             broker,
             broker_url,
             http,
+            https,
         })
     }
 
     /// Where the embedded broker listens, if there is one.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.broker.as_ref().map(BrokerHandle::local_addr)
+    }
+
+    /// Where the embedded broker listens for MQTT over TLS, if it does.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().and_then(BrokerHandle::tls_addr)
     }
 
     /// The broker the ticks are published to.
@@ -288,6 +331,7 @@ impl Feed {
             broker,
             broker_url,
             http,
+            https,
         } = self;
         let demo = chain.uses_demo();
         let metrics = Arc::new(Metrics::new());
@@ -368,6 +412,10 @@ impl Feed {
         };
         let http_stop = shutdown.clone();
         let http_addr = http.local_addr()?;
+        let http: HttpListener = match https {
+            Some(tls) => HttpListener::https(http, tls),
+            None => http.into(),
+        };
         let http_task = tokio::spawn(history_api::serve(http, api, async move {
             http_stop.cancelled().await
         }));

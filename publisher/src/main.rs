@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use broker_config::{ClientLimits, ClusterConfig, NodeAddr};
 use clap::Parser;
+use history_api::TlsArgs;
 use price_sources::{DEFAULT_CHAIN, SourceConfig, SourceKind};
 use publisher::clock::WallClock;
 use publisher::etcd::{DEFAULT_NAME, EtcdSettings};
-use publisher::{BrokerMode, ClusterSettings, Config, ElectedSettings, Feed};
+use publisher::{BrokerMode, ClusterSettings, Config, ElectedSettings, Feed, TlsSettings};
 use startup::{Fatal, LogFormat, Runtime};
 use ticks::{BrokerUrl, Currency, Interval};
 use tokio_util::sync::CancellationToken;
@@ -167,6 +168,20 @@ struct Cli {
     /// this; one cut off from etcd stops publishing a sixth of it earlier.
     #[arg(long, env = "PRICEFEED_ELECT_TTL", default_value = "3s", value_parser = humantime::parse_duration, help_heading = "Several nodes on your broker")]
     elect_ttl: Duration,
+
+    #[command(flatten)]
+    tls: TlsArgs,
+
+    /// Where the embedded broker also listens for MQTT over TLS (e.g. 0.0.0.0:8883), with
+    /// --tls-cert and --tls-key; the plain --mqtt-listen stays open. Needs a build with the `tls`
+    /// feature.
+    #[arg(
+        long,
+        env = "PRICEFEED_MQTTS_LISTEN",
+        requires = "tls_cert",
+        help_heading = "TLS"
+    )]
+    mqtts_listen: Option<SocketAddr>,
 
     /// Tests only: the recorder stores what it receives this long after it arrived.
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -368,6 +383,10 @@ impl Cli {
             clock: WallClock::System,
             cluster,
             elected,
+            tls: self.tls.files().map(|files| TlsSettings {
+                files,
+                mqtt_listen: self.mqtts_listen,
+            }),
         })
     }
 }

@@ -41,6 +41,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
         clock: WallClock::System,
         cluster: None,
         elected: None,
+        tls: None,
     }
 }
 
@@ -306,6 +307,34 @@ async fn an_external_broker_without_a_password_is_a_startup_error() {
     };
     let err = Feed::build(cfg).await.err().expect("must fail");
     assert!(err.to_string().contains("--broker-password"), "{err:#}");
+}
+
+/// Without the cargo feature `tls`, asking for MQTT over TLS is refused, not ignored: a broker
+/// silently without its TLS port would look like a firewall problem.
+#[cfg(not(feature = "tls"))]
+#[tokio::test]
+async fn mqtt_over_tls_in_a_build_without_it_is_a_startup_error() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let mut cfg = config(&db, &[(SourceKind::Kraken, &kraken)]);
+    cfg.tls = Some(publisher::TlsSettings {
+        files: history_api::TlsFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        },
+        mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
+    });
+    let err = Feed::build(cfg).await.err().expect("must fail");
+    assert!(
+        err.to_string()
+            .starts_with("this pricefeed was built without MQTT TLS: build with --features tls"),
+        "{err:#}"
+    );
+    assert!(
+        !db.exists(),
+        "a refused configuration leaves no store behind"
+    );
 }
 
 #[tokio::test]

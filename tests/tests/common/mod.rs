@@ -52,6 +52,7 @@ impl TestFeed {
             clock: WallClock::System,
             cluster: None,
             elected: None,
+            tls: None,
         };
         let started = Timedate::now();
         let feed = Feed::build(config).await.unwrap();
