@@ -89,6 +89,12 @@ impl Server {
             "demo",
             "--interval",
             interval,
+            // The generated stores hold a random walk unrelated to the demo source's prices, so
+            // the first live price is a jump that --max-move holds back (no second source to
+            // confirm it) until the last stored tick is 12 slots old: every scenario's first
+            // live tick would come seconds late.
+            "--max-move",
+            "0",
             // The embedded broker takes it too, so the harness can publish timed ticks as the
             // publisher on either broker.
             "--broker-password",
