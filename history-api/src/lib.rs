@@ -19,7 +19,8 @@
 //! - `server`: [`app`] builds the router (routes, request timeout, request metrics) so tests can
 //!   drive it in-process; [`serve`] runs it on a listener until a shutdown future resolves.
 //! - `page`: the `/v1/ticks` handler, alone: cache, else tail, else SQLite, then encode; then
-//!   `304 Not Modified` if the client's `If-None-Match` names the answer.
+//!   `304 Not Modified` if the client's `If-None-Match` names the answer. [`ticks_json`] is the
+//!   same answer's body for another transport (gRPC).
 //! - `health`: `/healthz`, `/readyz` and the `/metrics` scrape.
 //! - `state`: [`ApiState`], what the handlers share, the cache and the tail included.
 //! - `cache`: the answer cache, whole answers kept for the store version they were computed at.
@@ -61,6 +62,7 @@ pub use cursor::{BadCursor, Cursor, PageKey};
 pub use error::ApiError;
 pub use limits::Limits;
 pub use metrics::Metrics;
+pub use page::ticks_json;
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT, TicksQuery};
 pub use server::{
     HEADER_READ_TIMEOUT, OPENAPI, REQUEST_TIMEOUT, ServeOptions, app, app_with_timeout, serve,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,27 +23,7 @@ pub(crate) async fn ticks(
     headers: HeaderMap,
     query: TicksQuery,
 ) -> Result<Response, ApiError> {
-    // Read before anything else: a commit after this makes what follows stale, never wrong.
-    let version = state.store.version().map_err(ApiError::StoreUnavailable)?;
-    // A node still catching up may yet rewrite its history: it serves nothing as closed, and keeps
-    // nothing in (nor takes anything from) the answer cache, whose answers assume a final past.
-    let history_final = state.history_final();
-    let cached = history_final
-        .then(|| state.cache.get(&query, version))
-        .flatten();
-    let answer = match cached {
-        Some(answer) => {
-            state.metrics.history_answer(AnswerSource::Cache);
-            answer
-        }
-        None => {
-            let answer = compute(&state, &query, version, history_final).await?;
-            if history_final {
-                state.cache.put(&query, version, answer.clone());
-            }
-            answer
-        }
-    };
+    let answer = answer(&state, &query).await?;
     let cache_control = if answer.closed {
         conditional::CLOSED
     } else {
@@ -60,6 +41,37 @@ pub(crate) async fn ticks(
         header::HeaderValue::from_static("application/json"),
     )];
     Ok((content_type, headers_out, answer.body).into_response())
+}
+
+/// The JSON body `GET /v1/ticks` answers `query` with, from the same cache, tail and store: for
+/// transports other than HTTP (gRPC's `History`), so that their answers are this one's.
+pub async fn ticks_json(state: &ApiState, query: &TicksQuery) -> Result<Bytes, ApiError> {
+    answer(state, query).await.map(|answer| answer.body)
+}
+
+/// The answer from the cache, else computed (and then cached if the history is final).
+async fn answer(state: &ApiState, query: &TicksQuery) -> Result<Answer, ApiError> {
+    // Read before anything else: a commit after this makes what follows stale, never wrong.
+    let version = state.store.version().map_err(ApiError::StoreUnavailable)?;
+    // A node still catching up may yet rewrite its history: it serves nothing as closed, and keeps
+    // nothing in (nor takes anything from) the answer cache, whose answers assume a final past.
+    let history_final = state.history_final();
+    let cached = history_final
+        .then(|| state.cache.get(query, version))
+        .flatten();
+    Ok(match cached {
+        Some(answer) => {
+            state.metrics.history_answer(AnswerSource::Cache);
+            answer
+        }
+        None => {
+            let answer = compute(state, query, version, history_final).await?;
+            if history_final {
+                state.cache.put(query, version, answer.clone());
+            }
+            answer
+        }
+    })
 }
 
 /// The answer from the tail if it holds the page, else from SQLite.

@@ -63,9 +63,6 @@ impl TicksQuery {
             })?;
             let value =
                 decode(raw_value).map_err(|why| ApiError::bad(&key, format!("{key} {why}")))?;
-            if value.is_empty() {
-                return Err(ApiError::bad(&key, format!("{key} is empty")));
-            }
             if values[slot].replace(value).is_some() {
                 return Err(ApiError::bad(
                     &key,
@@ -74,7 +71,23 @@ impl TicksQuery {
             }
         }
         let [since, currency, limit, cursor] = values;
+        TicksQuery::from_fields(since, currency, limit, cursor)
+    }
 
+    /// Validates the parameters, already decoded, exactly as [`TicksQuery::parse`] does: for
+    /// transports other than a query string (gRPC's `History`), so that they accept and refuse
+    /// the same requests with the same messages.
+    pub fn from_fields(
+        since: Option<String>,
+        currency: Option<String>,
+        limit: Option<String>,
+        cursor: Option<String>,
+    ) -> Result<TicksQuery, ApiError> {
+        for (key, value) in PARAMETERS.iter().zip([&since, &currency, &limit, &cursor]) {
+            if value.as_ref().is_some_and(String::is_empty) {
+                return Err(ApiError::bad(*key, format!("{key} is empty")));
+            }
+        }
         let currencies = currency
             .map(|list| {
                 Currency::parse_list(&list).map_err(|e| ApiError::bad("currency", e.to_string()))
