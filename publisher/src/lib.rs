@@ -116,7 +116,22 @@ pub struct Config {
     pub elected: Option<ElectedSettings>,
     /// HTTPS instead of HTTP on `http_listen`, and MQTT over TLS if asked for.
     pub tls: Option<TlsSettings>,
+    /// Serve the gRPC API (needs the cargo feature `grpc`).
+    pub grpc: Option<GrpcSettings>,
 }
+
+/// The gRPC API: where it listens and what its streams may take.
+#[derive(Debug, Clone)]
+pub struct GrpcSettings {
+    pub listen: SocketAddr,
+    /// `Subscribe` streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Events one stream holds for a client that reads slowly before ending it.
+    pub stream_buffer: usize,
+}
+
+/// Whether this build serves gRPC (the cargo feature `grpc`).
+pub const GRPC_BUILT: bool = cfg!(feature = "grpc");
 
 /// TLS: the history API serves HTTPS only; the embedded broker adds a TLS listener if
 /// `mqtt_listen` is given.
@@ -163,6 +178,7 @@ pub struct Feed {
     broker_url: BrokerUrl,
     http: tokio::net::TcpListener,
     https: Option<tokio_rustls::TlsAcceptor>,
+    grpc: Option<tokio::net::TcpListener>,
 }
 
 impl Feed {
@@ -235,6 +251,14 @@ impl Feed {
                 "this pricefeed was built without MQTT TLS: build with --features tls (or drop --mqtts-listen for HTTPS alone)"
             );
         }
+        if config.grpc.is_some() && !GRPC_BUILT {
+            anyhow::bail!("this pricefeed was built without gRPC: build with --features grpc");
+        }
+        if config.grpc.is_some() && config.tls.is_some() {
+            // Each stream backfills from this process's history API, which then speaks HTTPS
+            // with a certificate for the public name, not for loopback.
+            anyhow::bail!("--grpc-listen cannot be combined with --tls-cert yet");
+        }
         // The files are read now, so a bad certificate or key is refused before anything starts.
         // The broker reads the same files again for MQTT over TLS.
         let https = match &config.tls {
@@ -286,6 +310,14 @@ impl Feed {
         let http = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+        let grpc = match &config.grpc {
+            Some(grpc) => Some(
+                tokio::net::TcpListener::bind(grpc.listen)
+                    .await
+                    .with_context(|| format!("cannot listen for gRPC on {}", grpc.listen))?,
+            ),
+            None => None,
+        };
         Ok(Feed {
             config,
             store,
@@ -295,6 +327,7 @@ impl Feed {
             broker_url,
             http,
             https,
+            grpc,
         })
     }
 
@@ -320,6 +353,11 @@ impl Feed {
             .expect("a bound listener has an address")
     }
 
+    /// Where the gRPC API listens, if it does.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Runs the feed until `shutdown` is cancelled, then stops every part in order: the slot loop,
     /// the offline status, the MQTT connection, HTTP, the broker.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -332,6 +370,7 @@ impl Feed {
             broker_url,
             http,
             https,
+            grpc,
         } = self;
         let demo = chain.uses_demo();
         let metrics = Arc::new(Metrics::new());
@@ -410,8 +449,21 @@ impl Feed {
                 (Sink::Single(link, link_stop), api, None)
             }
         };
-        let http_stop = shutdown.clone();
         let http_addr = http.local_addr()?;
+        let grpc_addr = grpc.as_ref().map(|l| l.local_addr()).transpose()?;
+        let grpc_task = match grpc {
+            Some(listener) => Some(start_grpc(
+                listener,
+                &config,
+                &api,
+                &broker_url,
+                (!matches!(config.broker, BrokerMode::Embedded { .. })).then_some(&credentials),
+                http_addr,
+                &shutdown,
+            )),
+            None => None,
+        };
+        let http_stop = shutdown.clone();
         let http: HttpListener = match https {
             Some(tls) => HttpListener::https(http, tls),
             None => http.into(),
@@ -425,6 +477,7 @@ impl Feed {
             sources = ?chain.kinds(),
             broker = %broker_url,
             http = %http_addr,
+            grpc = grpc_addr.map(tracing::field::display),
             db = %config.db.display(),
             node = ?node_id,
             "pricefeed running"
@@ -462,6 +515,13 @@ impl Feed {
                 }
             }
         }
+        if let Some(grpc_task) = grpc_task {
+            match tokio::time::timeout(SHUTDOWN_STEP, grpc_task).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+                Err(_) => tracing::warn!("gRPC server did not stop in time"),
+                _ => {}
+            }
+        }
         match tokio::time::timeout(SHUTDOWN_STEP, http_task).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
             Err(_) => tracing::warn!("HTTP server did not stop in time"),
@@ -476,6 +536,69 @@ impl Feed {
         }
         Ok(())
     }
+}
+
+/// What the gRPC server task returns.
+type GrpcTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Serves gRPC on `listener` until shutdown: `History` from its own copy of the history API's
+/// state (same store, metrics and node), each `Subscribe` stream on this process's broker and
+/// history API over loopback, with `credentials` where the broker needs them (an operator's).
+#[cfg(feature = "grpc")]
+fn start_grpc(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    api: &ApiState,
+    broker_url: &BrokerUrl,
+    credentials: Option<&Credentials>,
+    http_addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> GrpcTask {
+    let settings = config.grpc.as_ref().expect("called with gRPC configured");
+    let mut history = ApiState::new(api.store.clone(), api.feed)
+        .with_metrics(api.metrics.clone())
+        .with_limits(api.limits.clone());
+    if let Some((id, role)) = &api.node {
+        history = history.with_node(*id, role.clone());
+    }
+    let loopback = if http_addr.ip().is_unspecified() {
+        match http_addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        http_addr.ip()
+    };
+    let feed = grpc_api::FeedAccess {
+        broker: broker_url.clone(),
+        history: format!("http://{}", SocketAddr::new(loopback, http_addr.port())),
+        credentials: credentials.map(|c| (c.username.clone(), c.password.clone())),
+    };
+    let limits = grpc_api::StreamLimits {
+        max_streams: settings.max_streams,
+        buffer: settings.stream_buffer,
+    };
+    let service =
+        grpc_api::PriceFeedService::new(Arc::new(history), feed, limits, shutdown.clone());
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        grpc_api::serve(listener, service, async move { stop.cancelled().await })
+            .await
+            .context("serving gRPC failed")
+    })
+}
+
+#[cfg(not(feature = "grpc"))]
+fn start_grpc(
+    _listener: tokio::net::TcpListener,
+    _config: &Config,
+    _api: &ApiState,
+    _broker_url: &BrokerUrl,
+    _credentials: Option<&Credentials>,
+    _http_addr: SocketAddr,
+    _shutdown: &CancellationToken,
+) -> GrpcTask {
+    unreachable!("Feed::build refuses --grpc-listen without the grpc feature")
 }
 
 /// The election and brokers of a node of several, if this process is one.

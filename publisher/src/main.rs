@@ -12,7 +12,9 @@ use history_api::TlsArgs;
 use price_sources::{DEFAULT_CHAIN, SourceConfig, SourceKind};
 use publisher::clock::WallClock;
 use publisher::etcd::{DEFAULT_NAME, EtcdSettings};
-use publisher::{BrokerMode, ClusterSettings, Config, ElectedSettings, Feed, TlsSettings};
+use publisher::{
+    BrokerMode, ClusterSettings, Config, ElectedSettings, Feed, GrpcSettings, TlsSettings,
+};
 use startup::{Fatal, LogFormat, Runtime};
 use ticks::{BrokerUrl, Currency, Interval};
 use tokio_util::sync::CancellationToken;
@@ -182,6 +184,20 @@ struct Cli {
         help_heading = "TLS"
     )]
     mqtts_listen: Option<SocketAddr>,
+
+    /// Serve the gRPC API (pricefeed.v1: Subscribe, History, health, reflection) here, e.g.
+    /// 0.0.0.0:50051. Needs a build with the `grpc` feature.
+    #[arg(long, env = "PRICEFEED_GRPC_LISTEN", help_heading = "gRPC")]
+    grpc_listen: Option<SocketAddr>,
+
+    /// gRPC Subscribe streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PRICEFEED_GRPC_MAX_STREAMS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "gRPC")]
+    grpc_max_streams: u32,
+
+    /// Events a gRPC stream holds for a client that reads slowly; past it, the stream ends with
+    /// RESOURCE_EXHAUSTED (the client resumes with since).
+    #[arg(long, env = "PRICEFEED_GRPC_STREAM_BUFFER", default_value_t = 1_024, value_parser = clap::value_parser!(u32).range(1..), help_heading = "gRPC")]
+    grpc_stream_buffer: u32,
 
     /// Tests only: the recorder stores what it receives this long after it arrived.
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -386,6 +402,11 @@ impl Cli {
             tls: self.tls.files().map(|files| TlsSettings {
                 files,
                 mqtt_listen: self.mqtts_listen,
+            }),
+            grpc: self.grpc_listen.map(|listen| GrpcSettings {
+                listen,
+                max_streams: self.grpc_max_streams as usize,
+                stream_buffer: self.grpc_stream_buffer as usize,
             }),
         })
     }

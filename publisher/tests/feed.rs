@@ -42,6 +42,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
         cluster: None,
         elected: None,
         tls: None,
+        grpc: None,
     }
 }
 

@@ -53,6 +53,7 @@ impl TestFeed {
             cluster: None,
             elected: None,
             tls: None,
+            grpc: None,
         };
         let started = Timedate::now();
         let feed = Feed::build(config).await.unwrap();
