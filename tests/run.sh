@@ -2,9 +2,10 @@
 # Runs every test of the workspace, installing first what the end-to-end tests use as real
 # third-party parts: Debian's Mosquitto (broker, mosquitto_sub, mosquitto_pub, mosquitto_passwd),
 # etcd (etcd-server, etcdctl), curl and HAProxy, protoc (the cluster and etcd builds need it),
-# openssl (the TLS tests make their certificates with it), and the Python MQTT client paho-mqtt
-# from PyPI. Then builds pricefeed with both ways of running several nodes (cluster and etcd) and
-# MQTT over TLS, and runs their tests (three nodes each, one test at a time) and the TLS tests.
+# openssl (the TLS tests make their certificates with it), the Python MQTT client paho-mqtt and the
+# Python gRPC client and stub generator (grpcio, grpcio-tools) from PyPI. Then builds pricefeed
+# with both ways of running several nodes (cluster and etcd), MQTT over TLS and gRPC, and runs
+# their tests (three nodes each, one test at a time), the TLS tests and the gRPC tests.
 # Arguments go to every test run. Nothing here reaches the internet at
 # test time: price APIs are served from tests/fixtures by a local server.
 set -euo pipefail
@@ -26,18 +27,23 @@ if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
     echo "installing paho-mqtt from PyPI" >&2
     python3 -m pip install -q 'paho-mqtt==2.1.0'
 fi
+# The gRPC tests' Python client: grpcio, and grpcio-tools to generate its stubs from the .proto.
+if ! python3 -c 'import grpc, grpc_tools.protoc' >/dev/null 2>&1; then
+    echo "installing grpcio and grpcio-tools from PyPI" >&2
+    python3 -m pip install -q 'grpcio==1.85.1' 'grpcio-tools==1.85.1'
+fi
 
 # The end-to-end tests run the binaries of other packages than their own, which `cargo test` alone
 # does not build.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 
-# Several nodes and TLS: the `cluster,etcd,tls` build of pricefeed (target/…/pricefeed is now that
-# one), then the tests that start three of it (a raft cluster of embedded brokers; nodes on
-# Mosquitto elected with etcd), the election's own tests against etcd, and MQTT over TLS and HTTPS
-# with mosquitto_sub and curl.
-features=publisher/cluster,publisher/etcd,publisher/tls,pricefeed-tests/cluster,pricefeed-tests/etcd,pricefeed-tests/tls
-cargo build --locked -p publisher --features cluster,etcd,tls --bin pricefeed
+# Several nodes, TLS and gRPC: the `cluster,etcd,tls,grpc` build of pricefeed (target/…/pricefeed
+# is now that one), then the tests that start three of it (a raft cluster of embedded brokers;
+# nodes on Mosquitto elected with etcd), the election's own tests against etcd, MQTT over TLS and
+# HTTPS with mosquitto_sub and curl, and gRPC with a Rust and a Python client.
+features=publisher/cluster,publisher/etcd,publisher/tls,publisher/grpc,pricefeed-tests/cluster,pricefeed-tests/etcd,pricefeed-tests/tls,pricefeed-tests/grpc
+cargo build --locked -p publisher --features cluster,etcd,tls,grpc --bin pricefeed
 # A cluster test that fails is run once more, and says so (nextest prints it as FLAKY): three
 # raft nodes per test on a shared 2-core machine. The one cause seen so far, a node's raft port
 # handed to an outgoing connection before the node bound it, is fixed in the test kit (node ports
@@ -45,9 +51,9 @@ cargo build --locked -p publisher --features cluster,etcd,tls --bin pricefeed
 # cargo-nextest is missing, no retry.
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked -p pricefeed-tests -p publisher --features "$features" \
-        --test cluster --test elected --test etcd_election --test tls \
+        --test cluster --test elected --test etcd_election --test tls --test grpc \
         --retries 1 --test-threads 1 --no-tests fail "$@"
 else
     cargo test --locked -p pricefeed-tests -p publisher --features "$features" \
-        --test cluster --test elected --test etcd_election --test tls "$@" -- --test-threads=1
+        --test cluster --test elected --test etcd_election --test tls --test grpc "$@" -- --test-threads=1
 fi

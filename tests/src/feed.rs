@@ -19,6 +19,8 @@ pub struct FeedProcess {
     /// The broker it publishes to: its own, or the one `--broker` named.
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
+    /// Where it serves gRPC, if it was started with `--grpc-listen`.
+    pub grpc: Option<SocketAddr>,
     /// From spawn to its "pricefeed running" line.
     pub ready_after: Duration,
 }
@@ -107,10 +109,12 @@ impl FeedProcess {
             .context("no broker= in the running line")?
             .trim_start_matches("mqtt://")
             .parse()?;
+        let grpc = log_field(&running, "grpc").map(|a| a.parse()).transpose()?;
         Ok(FeedProcess {
             process,
             mqtt,
             http,
+            grpc,
             ready_after,
         })
     }
