@@ -17,6 +17,8 @@
 //! - [`etcd`]: the election of nodes on an operator's broker (the cargo feature `etcd`).
 //! - [`mqtt`]: the publisher's MQTT connection with capped reconnect backoff.
 //! - [`clock`]: the wall clock the grid is read from (the system's, or tokio's paused time in tests).
+//! - [`GrpcSettings`] and `start_grpc` (here): the gRPC API on `--grpc-listen` (the cargo feature
+//!   `grpc`; the service is the `grpc-api` crate).
 
 pub mod clock;
 pub mod cluster;
