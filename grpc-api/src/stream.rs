@@ -1,12 +1,15 @@
 //! `Subscribe`: each stream is one `pricesub` subscription to this process's own feed, its events
 //! translated one for one into a bounded channel that the client reads.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt, stream};
+
 use pricesub::{FeedEvent, SubscribeError, SubscriberConfig, Subscription};
 use ticks::{BrokerUrl, Currency, Gap, Tick, Timedate};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -18,8 +21,9 @@ use crate::pb;
 pub struct StreamLimits {
     /// Streams open at once; one more is refused with RESOURCE_EXHAUSTED.
     pub max_streams: usize,
-    /// Events waiting for a client that reads too slowly; past it, its stream ends with
-    /// RESOURCE_EXHAUSTED instead of growing without bound.
+    /// Live events waiting for a client that reads too slowly; past it, its stream ends with
+    /// RESOURCE_EXHAUSTED instead of growing without bound. (The backfill before the stream turns
+    /// live is finite, and waits for the client instead.)
     pub buffer: usize,
 }
 
@@ -42,8 +46,9 @@ pub struct FeedAccess {
     pub credentials: Option<(String, String)>,
 }
 
-/// A stream as the client reads it.
-pub type EventStream = ReceiverStream<Result<pb::Event, Status>>;
+/// A stream as the client reads it: the events, then the status that ended it, if the server
+/// ended it.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 /// The open streams and what each may take.
 pub(crate) struct Streams {
@@ -88,57 +93,92 @@ impl Streams {
         config.start_within = Duration::from_secs(10);
         let subscription =
             pricesub::subscribe(config).map_err(|e| Status::internal(e.to_string()))?;
-        // One slot more than the buffer, kept free for the status that ends the stream.
-        let (tx, rx) = mpsc::channel(self.limits.buffer + 1);
-        tokio::spawn(forward(
-            subscription,
-            tx,
-            permit,
-            self.limits.buffer,
-            self.shutdown.clone(),
-        ));
-        Ok(ReceiverStream::new(rx))
+        let (tx, rx) = mpsc::channel(self.limits.buffer.max(1));
+        let (end_tx, end_rx) = oneshot::channel();
+        tokio::spawn(
+            Forward {
+                tx,
+                end: end_tx,
+                _permit: permit,
+                buffer: self.limits.buffer,
+            }
+            .run(subscription, self.shutdown.clone()),
+        );
+        // The ending status comes after every event already buffered, and never needs room in
+        // the buffer.
+        let end = stream::once(end_rx).filter_map(|end| std::future::ready(end.ok().map(Err)));
+        Ok(Box::pin(ReceiverStream::new(rx).chain(end)))
     }
 }
 
-/// Moves the subscription's events into the client's channel until the client goes, the
-/// subscription fails, the client falls `buffer` events behind, or the server shuts down. Every
-/// end but the client's own is a status the client reads last.
-async fn forward(
-    mut subscription: Subscription,
+/// Moves one subscription's events to its client.
+struct Forward {
     tx: mpsc::Sender<Result<pb::Event, Status>>,
+    /// The status the stream ends with, when the server ends it.
+    end: oneshot::Sender<Status>,
     _permit: OwnedSemaphorePermit,
     buffer: usize,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let event = tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = tx.try_send(Err(Status::unavailable(
-                    "the server is shutting down; subscribe again with since",
-                )));
-                return;
+}
+
+impl Forward {
+    /// Until the client goes, the subscription fails, the client falls `buffer` live events
+    /// behind, or the server shuts down. Before the subscription turns live (the backfill, which
+    /// is finite) a slow client is waited for; after, it is not, so a stalled client costs a
+    /// bounded buffer, not a growing one.
+    async fn run(self, mut subscription: Subscription, shutdown: CancellationToken) {
+        let Forward {
+            tx,
+            end,
+            _permit,
+            buffer,
+        } = self;
+        let shutting_down =
+            || Status::unavailable("the server is shutting down; subscribe again with since");
+        let mut live = false;
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = end.send(shutting_down());
+                    return;
+                }
+                () = tx.closed() => return,
+                event = subscription.next() => event,
+            };
+            let event = match event {
+                Some(Ok(event)) => event,
+                // The subscription could not reach this process's own broker or history API.
+                Some(Err(e)) => {
+                    let _ = end.send(feed_unavailable(&e));
+                    return;
+                }
+                None => {
+                    let _ = end.send(Status::unavailable("the feed subscription ended"));
+                    return;
+                }
+            };
+            live |= event == FeedEvent::Live;
+            let message = Ok(event_message(event));
+            if live {
+                match tx.try_send(message) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::debug!(buffer, "gRPC stream ended: the client reads too slowly");
+                        let _ = end.send(Status::resource_exhausted(format!(
+                            "the client fell {buffer} events behind; subscribe again with since"
+                        )));
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            } else {
+                tokio::select! {
+                    sent = tx.send(message) => if sent.is_err() { return },
+                    () = shutdown.cancelled() => {
+                        let _ = end.send(shutting_down());
+                        return;
+                    }
+                }
             }
-            () = tx.closed() => return,
-            event = subscription.next() => event,
-        };
-        let message = match event {
-            Some(Ok(event)) => Ok(event_message(event)),
-            // The subscription could not reach this process's own broker or history API.
-            Some(Err(e)) => Err(feed_unavailable(&e)),
-            None => Err(Status::unavailable("the feed subscription ended")),
-        };
-        let last = message.is_err();
-        // The channel holds `buffer` events when one slot is left: the client is that far behind.
-        if !last && tx.capacity() <= 1 {
-            tracing::debug!(buffer, "gRPC stream ended: the client reads too slowly");
-            let _ = tx.try_send(Err(Status::resource_exhausted(format!(
-                "the client fell {buffer} events behind; subscribe again with since"
-            ))));
-            return;
-        }
-        if tx.try_send(message).is_err() || last {
-            return;
         }
     }
 }

@@ -194,8 +194,8 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_GRPC_MAX_STREAMS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "gRPC")]
     grpc_max_streams: u32,
 
-    /// Events a gRPC stream holds for a client that reads slowly; past it, the stream ends with
-    /// RESOURCE_EXHAUSTED (the client resumes with since).
+    /// Live events a gRPC stream holds for a client that reads slowly; past it, the stream ends
+    /// with RESOURCE_EXHAUSTED (the client resumes with since). A backfill waits for the client.
     #[arg(long, env = "PRICEFEED_GRPC_STREAM_BUFFER", default_value_t = 1_024, value_parser = clap::value_parser!(u32).range(1..), help_heading = "gRPC")]
     grpc_stream_buffer: u32,
 
