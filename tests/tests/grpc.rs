@@ -17,6 +17,10 @@ use ticks::wire::WireTick;
 use ticks::{Currency, Tick, Timedate};
 use tokio::io::AsyncBufReadExt;
 use tonic::transport::Channel;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -129,7 +133,7 @@ fn assert_equals_history(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_and_since_streams_equal_history_and_history_equals_v1_ticks() {
+async fn live_and_since_streams_equal_history_and_history_equals_v1_ticks_health_and_reflection() {
     let kraken = FixtureServer::kraken().await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("kraken={}", kraken.url());
@@ -238,6 +242,30 @@ async fn live_and_since_streams_equal_history_and_history_equals_v1_ticks() {
             tonic_health::pb::health_check_response::ServingStatus::Serving,
             "{service:?}"
         );
+    }
+    // Reflection lists the services, so grpcurl needs no .proto.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", feed.grpc.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("an answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a list of services: {answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for service in ["pricefeed.v1.PriceFeed", "grpc.health.v1.Health"] {
+        assert!(names.contains(&service), "{names:?}");
     }
     assert!(
         feed.process
