@@ -338,6 +338,31 @@ async fn mqtt_over_tls_in_a_build_without_it_is_a_startup_error() {
     );
 }
 
+/// --grpc-listen in a build without the `grpc` feature is refused, not ignored: a feed running
+/// without the port its clients were told about would look like a network problem.
+#[cfg(not(feature = "grpc"))]
+#[tokio::test]
+async fn grpc_in_a_build_without_it_is_a_startup_error() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let mut cfg = config(&db, &[(SourceKind::Kraken, &kraken)]);
+    cfg.grpc = Some(publisher::GrpcSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_streams: 1,
+        stream_buffer: 1,
+    });
+    let err = Feed::build(cfg).await.err().expect("must fail");
+    assert_eq!(
+        err.to_string(),
+        "this pricefeed was built without gRPC: build with --features grpc"
+    );
+    assert!(
+        !db.exists(),
+        "a refused configuration leaves no store behind"
+    );
+}
+
 #[tokio::test]
 async fn a_busy_http_port_is_a_startup_error_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
