@@ -15,7 +15,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --features publisher/cluster,publisher/etcd,publisher/grpc \
+RUN cargo build --release --locked --features publisher/cluster,publisher/etcd,publisher/grpc,history-server/grpc \
         --bin pricefeed --bin history-api --bin pricesub \
     && cp target/release/pricefeed target/release/history-api target/release/pricesub /usr/local/bin/
 

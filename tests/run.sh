@@ -41,9 +41,11 @@ cargo test --workspace --locked "$@"
 # Several nodes, TLS and gRPC: the `cluster,etcd,tls,grpc` build of pricefeed (target/…/pricefeed
 # is now that one), then the tests that start three of it (a raft cluster of embedded brokers;
 # nodes on Mosquitto elected with etcd), the election's own tests against etcd, MQTT over TLS and
-# HTTPS with mosquitto_sub and curl, and gRPC with a Rust and a Python client.
+# HTTPS with mosquitto_sub and curl, and gRPC with a Rust and a Python client (and the standalone
+# history-api's gRPC, from its `grpc` build).
 features=publisher/cluster,publisher/etcd,publisher/tls,publisher/grpc,pricefeed-tests/cluster,pricefeed-tests/etcd,pricefeed-tests/tls,pricefeed-tests/grpc
 cargo build --locked -p publisher --features cluster,etcd,tls,grpc --bin pricefeed
+cargo build --locked -p history-server --features grpc --bin history-api
 # A cluster test that fails is run once more, and says so (nextest prints it as FLAKY): three
 # raft nodes per test on a shared 2-core machine. The one cause seen so far, a node's raft port
 # handed to an outgoing connection before the node bound it, is fixed in the test kit (node ports

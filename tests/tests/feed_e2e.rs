@@ -272,3 +272,28 @@ async fn standalone_history_reports_the_feeds_interval_and_demo_and_refuses_a_mi
     assert!(stderr.contains("no store at"), "{stderr}");
     assert!(!missing.exists(), "no empty store was created");
 }
+
+/// The default build of the standalone `history-api` has no gRPC: asking for it is one line that
+/// says how to get it, and `--grpc-listen` without `--broker` is refused by any build. (The gRPC
+/// build itself is tested in `tests/tests/grpc.rs`.)
+#[tokio::test]
+async fn standalone_history_refuses_grpc_it_was_not_built_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let feed = FeedProcess::start(&db, &["--source", "demo", "--interval", "250ms"]).await;
+    assert!(feed.process.terminate(WAIT).await.success());
+    let bin = testkit::binary("history-api");
+    let base = ["--db", db.to_str().unwrap(), "--http-listen", "127.0.0.1:0"];
+    let mut without_broker = base.to_vec();
+    without_broker.extend(["--grpc-listen", "127.0.0.1:0"]);
+    assert_refused(bin.to_str().unwrap(), &without_broker, "--broker", WAIT).await;
+    let mut with_broker = without_broker.clone();
+    with_broker.extend(["--broker", "mqtt://127.0.0.1:1"]);
+    assert_refused(
+        bin.to_str().unwrap(),
+        &with_broker,
+        "built without gRPC: build with --features history-server/grpc",
+        WAIT,
+    )
+    .await;
+}

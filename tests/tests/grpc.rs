@@ -541,3 +541,72 @@ async fn python_client_resumes_across_a_restart_with_nothing_missing_or_twice() 
             .success()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_history_api_serves_grpc_beside_a_feed() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feed.db");
+    let url = format!("kraken={}", kraken.url());
+    let feed = FeedProcess::start(
+        &db,
+        &[
+            "--interval",
+            "500ms",
+            "--source",
+            "kraken",
+            "--source-url",
+            &url,
+        ],
+    )
+    .await;
+    // A replica of history beside the feed: same store, the feed's broker to follow.
+    let broker = format!("mqtt://{}", feed.mqtt);
+    let mut replica =
+        testkit::HistoryProcess::start(&db, &["--grpc-listen", "127.0.0.1:0", "--broker", &broker])
+            .await;
+    let line = replica
+        .process
+        .wait_for_log("gRPC listening", WAIT)
+        .await
+        .unwrap();
+    let addr = testkit::log_field(&line, "address").expect("address= in the line");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = PriceFeedClient::new(channel);
+    let http = replica.addr.to_string();
+
+    // Subscribe from a time in the past: history from the replica, then the feed live.
+    let since = Timedate::now();
+    let mut stream = grpc
+        .subscribe(pb::SubscribeRequest {
+            currencies: vec![],
+            since: Some(since.to_string()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (got, live) = collect(&mut stream, 6).await;
+    assert!(live, "the stream says when it turns live");
+    assert_equals_history(&got, &curl_history(&http, since).await, since);
+    drop(stream);
+
+    // History: what the replica's /v1/ticks answers.
+    let answer = grpc
+        .history(pb::HistoryRequest {
+            since: Some(since.to_string()),
+            limit: Some(4),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let page = curl_page(&http, &format!("since={since}&limit=4")).await;
+    assert_eq!(answer.ticks.len(), 4);
+    assert_eq!(answer.next_cursor, page.next_cursor);
+    replica.process.stop(Duration::from_secs(10)).await;
+    feed.process.stop(Duration::from_secs(10)).await;
+}
