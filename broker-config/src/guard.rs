@@ -11,10 +11,10 @@
 //! checked against the count before any of them is connected, so the cap can be passed by the
 //! handshakes in progress (`max_handshaking_limit` bounds those).
 //!
-//! An IPv6 client is keyed by its /64, as in the history API.
+//! An IPv6 client is keyed by its /64, as in the history API ([`ticks::client::client_key`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, Priority, ReturnType, Type};
 use rmqtt::types::AuthResult;
+use ticks::client::client_key;
 
 /// Limits per client and per client address. 0 turns a per-address limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,17 +190,6 @@ impl Handler for ClientGuard {
     }
 }
 
-/// An IPv4 address, or an IPv6 /64 (an IPv4-mapped IPv6 address is its IPv4 address).
-fn client_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,14 +211,5 @@ mod tests {
         assert!(guard.refusal(b).is_none());
         guard.count(a, false);
         assert!(guard.refusal(a).is_none());
-    }
-
-    #[test]
-    fn ipv6_is_keyed_by_its_64() {
-        let a: IpAddr = "2001:db8::1".parse().unwrap();
-        let b: IpAddr = "2001:db8::ffff:1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(client_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 }

@@ -16,7 +16,7 @@
 //! share of what the server answers.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use ticks::client::{canonical_ip, client_key};
 
 use crate::error::ApiError;
 
@@ -116,32 +118,13 @@ impl Default for Limits {
 
 impl Limits {
     fn trusts(&self, peer: IpAddr) -> bool {
-        self.trusted_proxies.contains(&canonical(peer))
+        self.trusted_proxies.contains(&canonical_ip(peer))
     }
 }
 
 /// The peer of the connection a request came on; the accept loop adds it to each request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub(crate) SocketAddr);
-
-/// What requests are counted against: an IPv4 address, or an IPv6 /64.
-fn client_key(address: IpAddr) -> IpAddr {
-    match canonical(address) {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-        v4 => v4,
-    }
-}
-
-/// An IPv4 address a dual-stack socket reports as `::ffff:a.b.c.d` is that IPv4 address.
-fn canonical(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
-        v4 => v4,
-    }
-}
 
 /// How often (in requests) keys that have refilled are dropped, so the limiter's memory follows
 /// the addresses active now, not every address ever seen.
@@ -287,17 +270,6 @@ impl Drop for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_clients_are_keyed_by_their_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-    }
 
     #[test]
     fn a_connection_cap_frees_a_place_when_a_connection_closes() {

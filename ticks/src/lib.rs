@@ -17,6 +17,7 @@
 //! - [`node`]: a cluster node's [`NodeRole`], as it announces it.
 
 pub mod broker;
+pub mod client;
 pub mod currency;
 pub mod gap;
 pub mod node;
