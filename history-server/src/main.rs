@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// Serves the BTC ticks the publisher stored: GET /v1/ticks?since=…, /healthz, /readyz, /metrics
 /// and /openapi.json.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "history-api", version)]
 struct Cli {
     /// The SQLite file the publisher writes.
     #[arg(long, env = "PRICEFEED_DB", default_value = "pricefeed.db")]
