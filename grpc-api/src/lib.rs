@@ -15,8 +15,8 @@
 //!
 //! - [`pb`] (here): the messages, server and client generated from the `.proto`.
 //! - [`serve`] (here): every service on a listener until shutdown.
-//! - `stream`: `Subscribe`: one `pricesub` subscription per stream, its limits ([`StreamLimits`])
-//!   and where it subscribes ([`FeedAccess`]).
+//! - `stream`: `Subscribe`: one [`history_api::relay`] stream (a `pricesub` subscription) per
+//!   call, shared with SSE: its limits and where it subscribes are the relay's.
 //! - `history`: `History`: the request as a [`history_api::TicksQuery`], the answer's JSON as a
 //!   `HistoryResponse`.
 //! - `service`: [`PriceFeedService`], the two calls on one type, and how errors become statuses.
@@ -35,7 +35,6 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use crate::service::PriceFeedService;
-pub use crate::stream::{FeedAccess, StreamLimits};
 
 /// The generated `pricefeed.v1` code.
 pub mod pb {

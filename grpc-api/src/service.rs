@@ -3,31 +3,24 @@
 use std::sync::Arc;
 
 use history_api::ApiState;
-use tokio_util::sync::CancellationToken;
+use history_api::relay::Relay;
 use tonic::{Request, Response, Status};
 
 use crate::pb;
-use crate::stream::{EventStream, FeedAccess, StreamLimits, Streams};
+use crate::stream::EventStream;
 
 /// The `pricefeed.v1.PriceFeed` service.
 pub struct PriceFeedService {
     history: Arc<ApiState>,
-    streams: Streams,
+    streams: Arc<Relay>,
 }
 
 impl PriceFeedService {
-    /// Answers `History` from `history` and opens each `Subscribe` stream on `feed`; cancelling
-    /// `shutdown` ends every open stream with UNAVAILABLE (so clients resume elsewhere or later).
-    pub fn new(
-        history: Arc<ApiState>,
-        feed: FeedAccess,
-        limits: StreamLimits,
-        shutdown: CancellationToken,
-    ) -> PriceFeedService {
-        PriceFeedService {
-            history,
-            streams: Streams::new(feed, limits, shutdown),
-        }
+    /// Answers `History` from `history` and opens each `Subscribe` stream on `streams`; the
+    /// relay's shutdown ends every open stream with UNAVAILABLE (so clients resume elsewhere or
+    /// later).
+    pub fn new(history: Arc<ApiState>, streams: Arc<Relay>) -> PriceFeedService {
+        PriceFeedService { history, streams }
     }
 }
 
@@ -39,7 +32,7 @@ impl pb::price_feed_server::PriceFeed for PriceFeedService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        self.streams.open(request.into_inner()).map(Response::new)
+        crate::stream::open(&self.streams, request.into_inner()).map(Response::new)
     }
 
     async fn history(

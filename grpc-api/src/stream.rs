@@ -1,191 +1,56 @@
-//! `Subscribe`: each stream is one `pricesub` subscription to this process's own feed, its events
-//! translated one for one into a bounded channel that the client reads.
+//! `Subscribe`: each stream is one [`history_api::relay`] stream (a `pricesub` subscription to
+//! this process's own feed), its events translated one for one.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt};
 
-use pricesub::{FeedEvent, SubscribeError, SubscriberConfig, Subscription};
-use ticks::{BrokerUrl, Currency, Gap, Tick, Timedate};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use history_api::relay::{OpenError, Relay, StreamEnd, StreamRequest};
+use pricesub::FeedEvent;
+use ticks::{Currency, Gap, Tick, Timedate};
 use tonic::Status;
 
 use crate::pb;
-
-/// What the streams may take.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamLimits {
-    /// Streams open at once; one more is refused with RESOURCE_EXHAUSTED.
-    pub max_streams: usize,
-    /// Live events waiting for a client that reads too slowly; past it, its stream ends with
-    /// RESOURCE_EXHAUSTED instead of growing without bound. (The backfill before the stream turns
-    /// live is finite, and waits for the client instead.)
-    pub buffer: usize,
-}
-
-impl Default for StreamLimits {
-    fn default() -> StreamLimits {
-        StreamLimits {
-            max_streams: 1_000,
-            buffer: 1_024,
-        }
-    }
-}
-
-/// Where a stream subscribes: this process's broker and history API (over loopback).
-#[derive(Debug, Clone)]
-pub struct FeedAccess {
-    pub broker: BrokerUrl,
-    /// The history API's base URL, `http://127.0.0.1:8080`.
-    pub history: String,
-    /// For a broker that does not let anonymous clients read.
-    pub credentials: Option<(String, String)>,
-}
 
 /// A stream as the client reads it: the events, then the status that ended it, if the server
 /// ended it.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
-/// The open streams and what each may take.
-pub(crate) struct Streams {
-    pub(crate) feed: FeedAccess,
-    pub(crate) limits: StreamLimits,
-    pub(crate) open: Arc<Semaphore>,
-    pub(crate) shutdown: CancellationToken,
-}
-
-impl Streams {
-    pub(crate) fn new(
-        feed: FeedAccess,
-        limits: StreamLimits,
-        shutdown: CancellationToken,
-    ) -> Streams {
-        Streams {
-            open: Arc::new(Semaphore::new(limits.max_streams)),
-            feed,
-            limits,
-            shutdown,
-        }
-    }
-
-    /// Validates the request and starts its stream.
-    pub(crate) fn open(&self, request: pb::SubscribeRequest) -> Result<EventStream, Status> {
-        let currencies = parse_currencies(&request.currencies)?;
-        let since = request.since.as_deref().map(parse_since).transpose()?;
-        let permit = self.open.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "this server serves {} streams at once; retry later",
-                self.limits.max_streams
-            ))
+/// Validates the request and starts its stream on `relay`.
+pub(crate) fn open(relay: &Relay, request: pb::SubscribeRequest) -> Result<EventStream, Status> {
+    let currencies = parse_currencies(&request.currencies)?;
+    let since = request.since.as_deref().map(parse_since).transpose()?;
+    let stream = relay
+        .open(StreamRequest {
+            currencies,
+            since,
+            resume_after: Default::default(),
+        })
+        .map_err(|e| match e {
+            OpenError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
+            OpenError::Subscribe(e) => Status::internal(e.to_string()),
         })?;
-        let mut config = SubscriberConfig::new(vec![self.feed.broker.clone()]);
-        config.history = vec![self.feed.history.clone()];
-        config.currencies = currencies;
-        config.since = since;
-        config.client_id = "pricefeed-grpc".into();
-        config.credentials = self.feed.credentials.clone();
-        // Our own broker and history API are up or this process is going down: no need to wait
-        // for a network to come up.
-        config.start_within = Duration::from_secs(10);
-        let subscription =
-            pricesub::subscribe(config).map_err(|e| Status::internal(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(self.limits.buffer.max(1));
-        let (end_tx, end_rx) = oneshot::channel();
-        tokio::spawn(
-            Forward {
-                tx,
-                end: end_tx,
-                _permit: permit,
-                buffer: self.limits.buffer,
-            }
-            .run(subscription, self.shutdown.clone()),
-        );
-        // The ending status comes after every event already buffered, and never needs room in
-        // the buffer.
-        let end = stream::once(end_rx).filter_map(|end| std::future::ready(end.ok().map(Err)));
-        Ok(Box::pin(ReceiverStream::new(rx).chain(end)))
-    }
+    Ok(Box::pin(stream.filter_map(|item| {
+        std::future::ready(match item {
+            Ok(event) => event_message(event).map(Ok),
+            Err(end) => Some(Err(end_status(&end))),
+        })
+    })))
 }
 
-/// Moves one subscription's events to its client.
-struct Forward {
-    tx: mpsc::Sender<Result<pb::Event, Status>>,
-    /// The status the stream ends with, when the server ends it.
-    end: oneshot::Sender<Status>,
-    _permit: OwnedSemaphorePermit,
-    buffer: usize,
-}
-
-impl Forward {
-    /// Until the client goes, the subscription fails, the client falls `buffer` live events
-    /// behind, or the server shuts down. Before the subscription turns live (the backfill, which
-    /// is finite) a slow client is waited for; after, it is not, so a stalled client costs a
-    /// bounded buffer, not a growing one.
-    async fn run(self, mut subscription: Subscription, shutdown: CancellationToken) {
-        let Forward {
-            tx,
-            end,
-            _permit,
-            buffer,
-        } = self;
-        let shutting_down =
-            || Status::unavailable("the server is shutting down; subscribe again with since");
-        let mut live = false;
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => {
-                    let _ = end.send(shutting_down());
-                    return;
-                }
-                () = tx.closed() => return,
-                event = subscription.next() => event,
-            };
-            let event = match event {
-                Some(Ok(event)) => event,
-                // The subscription could not reach this process's own broker or history API.
-                Some(Err(e)) => {
-                    let _ = end.send(feed_unavailable(&e));
-                    return;
-                }
-                None => {
-                    let _ = end.send(Status::unavailable("the feed subscription ended"));
-                    return;
-                }
-            };
-            live |= event == FeedEvent::Live;
-            let message = Ok(event_message(event));
-            if live {
-                match tx.try_send(message) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::debug!(buffer, "gRPC stream ended: the client reads too slowly");
-                        let _ = end.send(Status::resource_exhausted(format!(
-                            "the client fell {buffer} events behind; subscribe again with since"
-                        )));
-                        return;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
-            } else {
-                tokio::select! {
-                    sent = tx.send(message) => if sent.is_err() { return },
-                    () = shutdown.cancelled() => {
-                        let _ = end.send(shutting_down());
-                        return;
-                    }
-                }
-            }
+/// The status a stream the server ended ends with.
+fn end_status(end: &StreamEnd) -> Status {
+    match end {
+        StreamEnd::ShuttingDown => {
+            Status::unavailable("the server is shutting down; subscribe again with since")
+        }
+        StreamEnd::SlowConsumer { buffer } => Status::resource_exhausted(format!(
+            "the client fell {buffer} events behind; subscribe again with since"
+        )),
+        StreamEnd::FeedUnavailable(why) => {
+            Status::unavailable(format!("the feed is unavailable: {why}"))
         }
     }
-}
-
-fn feed_unavailable(e: &SubscribeError) -> Status {
-    tracing::warn!(error = %e, "gRPC stream ended: the feed is unavailable");
-    Status::unavailable(format!("the feed is unavailable: {e}"))
 }
 
 /// The currencies asked for: each entry one code (or a comma list, or `both`); none means all.
@@ -209,15 +74,17 @@ fn parse_since(text: &str) -> Result<Timedate, Status> {
     Timedate::parse_user(text).map_err(|e| Status::invalid_argument(format!("since: {e}")))
 }
 
-pub(crate) fn event_message(event: FeedEvent) -> pb::Event {
+/// The message of an event; none for the feed's status, which this protocol does not carry.
+pub(crate) fn event_message(event: FeedEvent) -> Option<pb::Event> {
     let event = match event {
         FeedEvent::Tick(tick) => pb::event::Event::Tick(tick_message(&tick)),
         FeedEvent::Gap(gap) => pb::event::Event::Gap(gap_message(&gap)),
         FeedEvent::Live => pb::event::Event::Status(pb::Status {
             state: pb::status::State::Live.into(),
         }),
+        FeedEvent::Status(_) => return None,
     };
-    pb::Event { event: Some(event) }
+    Some(pb::Event { event: Some(event) })
 }
 
 /// The tick with its timedate and price as the JSON payload writes them.

@@ -33,6 +33,13 @@ pub enum ApiError {
     /// More requests are in flight than the server takes at once.
     #[error("the server is answering as many requests as it takes at once; retry shortly")]
     Overloaded,
+    /// As many streams are open as the server serves at once.
+    #[error("this server serves {max} streams at once; retry shortly")]
+    TooManyStreams { max: usize },
+    /// This server cannot stream the live feed (a standalone history-api without `--broker`, or
+    /// one shutting down).
+    #[error("{0}")]
+    StreamUnavailable(&'static str),
     #[error("the request target is {length} bytes; the most this server reads is {max}")]
     UriTooLong { length: usize, max: usize },
     /// A bug on our side (an answer that did not encode); never caused by what a client sent.
@@ -57,9 +64,11 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::StoreUnavailable(_) | ApiError::Timeout(_) | ApiError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::StoreUnavailable(_)
+            | ApiError::Timeout(_)
+            | ApiError::Overloaded
+            | ApiError::TooManyStreams { .. }
+            | ApiError::StreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -76,6 +85,8 @@ impl ApiError {
             ApiError::Timeout(_) => "timeout",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded => "overloaded",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
+            ApiError::StreamUnavailable(_) => "stream_unavailable",
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::Internal(_) => "internal",
         }
@@ -146,6 +157,8 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::RateLimited { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
             ApiError::Overloaded => Some(1),
+            // A stream ends when its client goes: a place frees up soon, but not at once.
+            ApiError::TooManyStreams { .. } => Some(5),
             _ => None,
         };
         if let Some(seconds) = retry_after {

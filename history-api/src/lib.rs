@@ -3,14 +3,14 @@
 //! A client that was offline asks `GET /v1/ticks?since=…` and gets every stored tick from that
 //! time on, oldest first, each as the exact bytes of its MQTT payload, together with what it needs
 //! to trust the answer: the gaps the publisher recorded, the earliest time this server holds, and a
-//! cursor when `limit` cut the page. The same listener answers `/healthz`, `/readyz`, `/metrics`
-//! and `/openapi.json`, the hand-written description of all of it.
+//! cursor when `limit` cut the page. `GET /v1/stream` sends the same ticks, then the live ones, as
+//! Server-Sent Events. The same listener answers `/healthz`, `/readyz`, `/metrics` and
+//! `/openapi.json`, the hand-written description of all of it.
 //!
 //! It reads the SQLite file the publisher writes (WAL lets it read beside the writer), either
 //! inside the publisher process ([`serve`] with the publisher's store, metrics and broker flag) or
 //! as the standalone `history-api` binary. It is not a second publisher and never writes a tick;
-//! it is not for live prices (subscribe to `btc/USD` / `btc/EUR` for those) nor for charts or
-//! aggregates (it answers ticks, and nothing computed from them).
+//! it computes nothing from the ticks (no charts' aggregates): it answers ticks.
 //!
 //! # Layout
 //!
@@ -21,6 +21,11 @@
 //! - `page`: the `/v1/ticks` handler, alone: cache, else tail, else SQLite, then encode; then
 //!   `304 Not Modified` if the client's `If-None-Match` names the answer. [`ticks_json`] is the
 //!   same answer's body for another transport (gRPC).
+//! - `sse`: `/v1/stream`, the feed as Server-Sent Events: a [`relay`] stream as events, with
+//!   the stream's position as each tick's id (what `Last-Event-ID` resumes from).
+//! - [`relay`]: the live feed for streaming transports (SSE, and gRPC in `grpc-api`): one
+//!   `pricesub` subscription to this process's own feed per stream, how many may be open, and how
+//!   far a client may fall behind.
 //! - `health`: `/healthz`, `/readyz` and the `/metrics` scrape.
 //! - `state`: [`ApiState`], what the handlers share, the cache and the tail included.
 //! - `cache`: the answer cache, whole answers kept for the store version they were computed at.
@@ -51,7 +56,9 @@ mod limits;
 pub mod metrics;
 mod page;
 mod query;
+pub mod relay;
 mod server;
+mod sse;
 mod state;
 mod stored;
 mod tail;
@@ -68,5 +75,6 @@ pub use server::{
     HEADER_READ_TIMEOUT, OPENAPI, REQUEST_TIMEOUT, ServeOptions, app, app_with_timeout, serve,
     serve_router,
 };
+pub use sse::StreamArgs;
 pub use state::ApiState;
 pub use tls::{HttpListener, TlsArgs, TlsError, TlsFiles};

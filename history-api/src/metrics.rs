@@ -34,6 +34,8 @@ pub struct Metrics {
     answers_by_source: [AtomicU64; AnswerSource::ALL.len()],
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
+    streams_open: AtomicU64,
+    streams_refused: AtomicU64,
 }
 
 /// Where a `/v1/ticks` answer came from.
@@ -139,6 +141,20 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An SSE stream opened (`opened`) or ended.
+    pub fn stream_open(&self, opened: bool) {
+        if opened {
+            self.streams_open.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.streams_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An SSE stream was refused: as many were open as the server serves.
+    pub fn stream_refused(&self) {
+        self.streams_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Every series, in Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -233,6 +249,28 @@ impl Metrics {
             out,
             "pricefeed_history_connections_refused_total {}",
             self.connections_refused.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "pricefeed_history_streams",
+            "gauge",
+            "Server-Sent Events streams open (GET /v1/stream).",
+        );
+        let _ = writeln!(
+            out,
+            "pricefeed_history_streams {}",
+            self.streams_open.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "pricefeed_history_streams_refused_total",
+            "counter",
+            "Server-Sent Events streams refused with 503 because as many were open as the server serves.",
+        );
+        let _ = writeln!(
+            out,
+            "pricefeed_history_streams_refused_total {}",
+            self.streams_refused.load(Ordering::Relaxed)
         );
         header(
             &mut out,

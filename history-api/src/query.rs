@@ -45,32 +45,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TicksQuery {
 impl TicksQuery {
     /// Reads a raw (still percent-encoded) query string.
     pub fn parse(raw: &str) -> Result<TicksQuery, ApiError> {
-        let mut values: [Option<String>; 4] = Default::default();
-        for pair in raw.split('&').filter(|p| !p.is_empty()) {
-            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = decode(raw_key).map_err(|why| ApiError::BadRequest {
-                parameter: None,
-                message: format!("parameter name {raw_key:?} {why}"),
-            })?;
-            let slot = PARAMETERS.iter().position(|p| *p == key).ok_or_else(|| {
-                ApiError::bad(
-                    &key,
-                    format!(
-                        "unknown parameter {key:?}; the parameters are {}",
-                        PARAMETERS.join(", ")
-                    ),
-                )
-            })?;
-            let value =
-                decode(raw_value).map_err(|why| ApiError::bad(&key, format!("{key} {why}")))?;
-            if values[slot].replace(value).is_some() {
-                return Err(ApiError::bad(
-                    &key,
-                    format!("{key} is given more than once"),
-                ));
-            }
-        }
-        let [since, currency, limit, cursor] = values;
+        let [since, currency, limit, cursor] = parameters(raw, PARAMETERS)?;
         TicksQuery::from_fields(since, currency, limit, cursor)
     }
 
@@ -148,6 +123,39 @@ impl TicksQuery {
 fn codes(currencies: &[Currency]) -> String {
     let codes: Vec<&str> = currencies.iter().map(|c| c.code()).collect();
     codes.join(",")
+}
+
+/// The values of a raw (still percent-encoded) query string, in the order of `names`: each
+/// given at most once, no other name, names and values percent-decoded strictly.
+pub(crate) fn parameters<const N: usize>(
+    raw: &str,
+    names: [&str; N],
+) -> Result<[Option<String>; N], ApiError> {
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(raw_key).map_err(|why| ApiError::BadRequest {
+            parameter: None,
+            message: format!("parameter name {raw_key:?} {why}"),
+        })?;
+        let slot = names.iter().position(|p| *p == key).ok_or_else(|| {
+            ApiError::bad(
+                &key,
+                format!(
+                    "unknown parameter {key:?}; the parameters are {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let value = decode(raw_value).map_err(|why| ApiError::bad(&key, format!("{key} {why}")))?;
+        if values[slot].replace(value).is_some() {
+            return Err(ApiError::bad(
+                &key,
+                format!("{key} is given more than once"),
+            ));
+        }
+    }
+    Ok(values)
 }
 
 fn parse_limit(text: &str) -> Result<usize, ApiError> {

@@ -18,7 +18,7 @@ use crate::limits::{ConnectionCounts, Limits, Peer, RequestLimits, limit_request
 use crate::metrics::Metrics;
 use crate::state::ApiState;
 use crate::tls::HttpListener;
-use crate::{health, page};
+use crate::{health, page, sse};
 
 /// The OpenAPI 3.1 description of every route, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -41,6 +41,18 @@ pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
     let limits = Arc::new(RequestLimits::new(&state.limits));
     let in_flight = (state.limits.in_flight > 0)
         .then(|| tower::limit::GlobalConcurrencyLimitLayer::new(state.limits.in_flight));
+    let cors = cors(&state.cors_origins);
+    let state = Arc::new(state);
+    // Streams last as long as their clients stay: outside the request timeout, the cap on
+    // requests in flight (they have their own cap) and the request latency histogram, but
+    // under the same per-address request rate.
+    let streams = Router::new()
+        .route("/v1/stream", get(sse::stream))
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(
+            limits.clone(),
+            limit_request,
+        ));
     Router::new()
         .route("/v1/ticks", get(page::ticks))
         .route("/healthz", get(health::healthz))
@@ -49,7 +61,7 @@ pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::new(state))
+        .with_state(state)
         .layer(
             ServiceBuilder::new()
                 // Outermost, so that refusals and timeouts are counted and timed too.
@@ -71,6 +83,38 @@ pub fn app_with_timeout(state: ApiState, timeout: Duration) -> Router {
                 .option_layer(in_flight)
                 .timeout(timeout),
         )
+        .merge(streams)
+        .layer(tower::util::option_layer(cors))
+}
+
+/// CORS for pages of `origins` (`*`: any): simple GETs, and the preflight a browser sends
+/// before a request with `If-None-Match` or `Last-Event-ID`. None when no origin is allowed.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| axum::http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::HEAD])
+            .allow_headers([
+                header::IF_NONE_MATCH,
+                axum::http::HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::ETAG, header::RETRY_AFTER])
+            .max_age(Duration::from_secs(86_400)),
+    )
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use history_store::HistoryStore;
 use ticks::NodeRole;
@@ -11,6 +12,7 @@ use crate::answer::FeedFacts;
 use crate::cache::AnswerCache;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::tail::Tail;
 
 /// What the handlers share: the store, the process's metrics, the broker flag, what answers say
@@ -26,6 +28,12 @@ pub struct ApiState {
     pub node: Option<(u64, watch::Receiver<NodeRole>)>,
     /// What one client may take; see [`Limits`].
     pub limits: Limits,
+    /// The live feed `GET /v1/stream` follows; none: that route answers 503.
+    pub streams: Option<Arc<Relay>>,
+    /// The interval of an SSE stream's comment lines.
+    pub stream_heartbeat: Duration,
+    /// Origins whose pages may read the answers (CORS); `*` for any; none by default.
+    pub cors_origins: Vec<String>,
     pub(crate) cache: AnswerCache,
     pub(crate) tail: Arc<Tail>,
 }
@@ -40,6 +48,9 @@ impl ApiState {
             feed,
             node: None,
             limits: Limits::default(),
+            streams: None,
+            stream_heartbeat: crate::relay::DEFAULT_HEARTBEAT,
+            cors_origins: Vec::new(),
             cache: AnswerCache::default(),
             tail: Arc::default(),
         }
@@ -62,6 +73,23 @@ impl ApiState {
     /// Applies these limits instead of the defaults.
     pub fn with_limits(self, limits: Limits) -> ApiState {
         ApiState { limits, ..self }
+    }
+
+    /// `GET /v1/stream` follows the feed through `relay`, with a comment line every `heartbeat`.
+    pub fn with_streams(self, relay: Arc<Relay>, heartbeat: Duration) -> ApiState {
+        ApiState {
+            streams: Some(relay),
+            stream_heartbeat: heartbeat,
+            ..self
+        }
+    }
+
+    /// Lets pages from these origins (`https://example.org`, or `*`) read the answers.
+    pub fn with_cors(self, origins: Vec<String>) -> ApiState {
+        ApiState {
+            cors_origins: origins,
+            ..self
+        }
     }
 
     /// Whether the stored past is final: false on a cluster node still catching up, whose fill

@@ -291,7 +291,22 @@ fn every_parameter_is_described_with_the_servers_limits() {
             "/metrics",
             "/openapi.json",
             "/readyz",
+            "/v1/stream",
             "/v1/ticks"
+        ]
+    );
+    let stream: Vec<(&str, &str)> = doc["paths"]["/v1/stream"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["in"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stream,
+        [
+            ("query", "since"),
+            ("query", "currency"),
+            ("header", "Last-Event-ID")
         ]
     );
 }

@@ -1,6 +1,7 @@
-//! `history-api`: serves the publisher's SQLite store over HTTP, standalone; with the `grpc`
-//! feature and `--grpc-listen`, over gRPC too (`History`, and `Subscribe` streams that follow the
-//! feed on `--broker`).
+//! `history-api`: serves the publisher's SQLite store over HTTP, standalone; with `--broker`, the
+//! live feed as Server-Sent Events too (`/v1/stream`); with the `grpc` feature and
+//! `--grpc-listen`, over gRPC (`History`, and `Subscribe` streams that follow the feed on
+//! `--broker`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use ticks::{BrokerUrl, Interval};
 use tokio_util::sync::CancellationToken;
 
 /// Serves the BTC ticks the publisher stored: GET /v1/ticks?since=…, /healthz, /readyz, /metrics
-/// and /openapi.json.
+/// and /openapi.json; with --broker, GET /v1/stream (the live feed as Server-Sent Events).
 #[derive(Debug, Parser)]
 #[command(name = "history-api", version)]
 struct Cli {
@@ -29,6 +30,9 @@ struct Cli {
 
     #[command(flatten)]
     limits: history_api::Limits,
+
+    #[command(flatten)]
+    streams: history_api::StreamArgs,
 
     /// The publish interval of the feed, as reported in answers, if the store does not record it
     /// (a publisher records its interval and demo flag in the store, and those win).
@@ -56,9 +60,9 @@ struct Cli {
     )]
     grpc_listen: Option<SocketAddr>,
 
-    /// The broker the feed is published to (mqtt://host:port): gRPC Subscribe streams follow it,
-    /// as anonymous subscribers.
-    #[arg(long, env = "PRICEFEED_BROKER", help_heading = "gRPC")]
+    /// The broker the feed is published to (mqtt://host:port): SSE streams (/v1/stream) and gRPC
+    /// Subscribe streams follow it, as anonymous subscribers. Without it /v1/stream answers 503.
+    #[arg(long, env = "PRICEFEED_BROKER")]
     broker: Option<BrokerUrl>,
 
     /// Subscribe streams open at once; one more gets RESOURCE_EXHAUSTED.
@@ -138,8 +142,38 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
             demo: cli.demo,
         },
     };
-    let state = ApiState::new(store, feed).with_limits(cli.limits);
     let shutdown = CancellationToken::new();
+    let http = listener
+        .local_addr()
+        .context("the HTTP listener's address")?;
+    // Streams backfill from this server over loopback; over HTTPS, from a plain listener on
+    // loopback only (the certificate names the public host, not loopback).
+    let internal = match (&tls, &cli.broker) {
+        (Some(_), Some(_)) => Some(
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("cannot listen on loopback for the streams' backfills")?,
+        ),
+        _ => None,
+    };
+    let backfill = match &internal {
+        Some(listener) => listener
+            .local_addr()
+            .context("the loopback listener's address")?,
+        None => http,
+    };
+    let mut state = ApiState::new(store, feed)
+        .with_limits(cli.limits)
+        .with_cors(cli.streams.cors_origin.clone());
+    if let Some(broker) = &cli.broker {
+        let relay = history_api::relay::Relay::new(
+            history_api::relay::FeedAccess::local(broker.clone(), backfill, None),
+            cli.streams.limits(),
+            shutdown.clone(),
+            "pricefeed-sse",
+        );
+        state = state.with_streams(std::sync::Arc::new(relay), cli.streams.sse_heartbeat);
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         startup::shutdown_signal().await;
@@ -147,11 +181,10 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
     });
     let grpc_task = match (grpc, &cli.broker) {
         (Some(grpc), Some(broker)) => {
-            let http = listener
-                .local_addr()
-                .context("the HTTP listener's address")?;
             let limits = (cli.grpc_max_streams, cli.grpc_stream_buffer);
-            Some(start_grpc(grpc, &state, broker, http, limits, &shutdown))
+            Some(start_grpc(
+                grpc, &state, broker, backfill, limits, &shutdown,
+            ))
         }
         _ => None,
     };
@@ -159,12 +192,36 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
         Some(tls) => HttpListener::https(listener, tls),
         None => listener.into(),
     };
+    let options = history_api::ServeOptions {
+        header_read_timeout: history_api::HEADER_READ_TIMEOUT,
+        limits: state.limits.clone(),
+        metrics: state.metrics.clone(),
+    };
+    let router = history_api::app(state);
+    let internal_task = internal.map(|listener| {
+        let stopped = shutdown.clone();
+        tokio::spawn(history_api::serve_router(
+            listener,
+            router.clone(),
+            options.clone(),
+            async move { stopped.cancelled().await },
+        ))
+    });
     let stopped = shutdown.clone();
-    history_api::serve(listener, state, async move { stopped.cancelled().await })
-        .await
-        .context("serving HTTP failed")
-        .map_err(Fatal::runtime)?;
+    history_api::serve_router(listener, router, options, async move {
+        stopped.cancelled().await
+    })
+    .await
+    .context("serving HTTP failed")
+    .map_err(Fatal::runtime)?;
     shutdown.cancel();
+    if let Some(task) = internal_task {
+        task.await
+            .context("the loopback HTTP server panicked")
+            .map_err(Fatal::runtime)?
+            .context("serving HTTP on loopback failed")
+            .map_err(Fatal::runtime)?;
+    }
     if let Some(task) = grpc_task {
         task.await
             .context("the gRPC server panicked")
@@ -189,30 +246,17 @@ fn start_grpc(
     (max_streams, buffer): (usize, usize),
     shutdown: &CancellationToken,
 ) -> GrpcTask {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let history = ApiState::new(state.store.clone(), state.feed)
         .with_metrics(state.metrics.clone())
         .with_limits(state.limits.clone());
-    let loopback = match http.ip() {
-        ip if !ip.is_unspecified() => ip,
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-    };
-    let feed = grpc_api::FeedAccess {
-        broker: broker.clone(),
-        history: format!("http://{}", SocketAddr::new(loopback, http.port())),
-        credentials: None,
-    };
-    let limits = grpc_api::StreamLimits {
+    let feed = history_api::relay::FeedAccess::local(broker.clone(), http, None);
+    let limits = history_api::relay::StreamLimits {
         max_streams,
         buffer,
     };
-    let service = grpc_api::PriceFeedService::new(
-        std::sync::Arc::new(history),
-        feed,
-        limits,
-        shutdown.clone(),
-    );
+    let relay = history_api::relay::Relay::new(feed, limits, shutdown.clone(), "pricefeed-grpc");
+    let service =
+        grpc_api::PriceFeedService::new(std::sync::Arc::new(history), std::sync::Arc::new(relay));
     let stop = shutdown.clone();
     tokio::spawn(async move {
         grpc_api::serve(listener, service, async move { stop.cancelled().await })

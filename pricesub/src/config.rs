@@ -1,6 +1,7 @@
 //! [`SubscriberConfig`]: where to subscribe and what to replay, with the defaults the command
 //! and the SDK share; and [`parse_since`], how users write a `since`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ticks::{BrokerUrl, Currency, Timedate};
@@ -15,6 +16,11 @@ pub struct SubscriberConfig {
     pub currencies: Vec<Currency>,
     /// Replay history from this time (inclusive) before following live.
     pub since: Option<Timedate>,
+    /// Per currency, the last tick an earlier subscription already delivered: this one resumes
+    /// right after it (backfilling from there), whatever `since` says for that currency. How a
+    /// consumer that kept its position (an SSE client's `Last-Event-ID`) continues with nothing
+    /// missing and nothing repeated.
+    pub resume_after: BTreeMap<Currency, Timedate>,
     /// Timeout of one history request.
     pub history_timeout: Duration,
     /// MQTT client id prefix; a random suffix keeps two subscribers from taking over each other.
@@ -50,6 +56,7 @@ impl SubscriberConfig {
             brokers,
             currencies: Currency::ALL.to_vec(),
             since: None,
+            resume_after: BTreeMap::new(),
             history_timeout: DEFAULT_HISTORY_TIMEOUT,
             client_id: "pricesub".into(),
             credentials: None,

@@ -15,6 +15,11 @@ pub enum FeedEvent {
     /// Everything up to the moment of (re)connecting has been delivered; what follows is live.
     /// Sent once per connection.
     Live,
+    /// The feed's status as the publisher last announced it on `pricefeed/status`: its JSON
+    /// payload as published (`{"state":"live",…}`, see the README). The status is retained, so
+    /// one arrives soon after each (re)connection, then one per change. Not ordered with the
+    /// ticks: it says how the feed stands now, not at a tick's time.
+    Status(String),
 }
 
 /// What ends a subscription.

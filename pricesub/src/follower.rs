@@ -27,10 +27,12 @@ const LAG_RETRY: Duration = Duration::from_millis(250);
 const LAG_TRIES: usize = 20;
 
 /// A message from the broker that matters to a subscription.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Live {
     Tick(Tick),
     Gap(Gap),
+    /// The `pricefeed/status` payload.
+    Status(String),
 }
 
 /// How a connection ended.
@@ -72,10 +74,10 @@ impl Follower {
     ) -> Follower {
         Follower {
             resume_from: config.since,
+            last: config.resume_after.clone(),
             config,
             history,
             tx,
-            last: BTreeMap::new(),
             reported: HashMap::new(),
             covered_until: BTreeMap::new(),
             interval: None,
@@ -213,7 +215,7 @@ impl Follower {
             Err(_) => return Ok(SessionEnd::Lost("no SUBACK within 10 s".into())),
         }
         self.subscribed_once = true;
-        let replay = if first && self.config.since.is_none() {
+        let replay = if first && self.config.since.is_none() && self.last.is_empty() {
             // Nothing to replay; remember where we started, so a later reconnect backfills from here.
             self.resume_from = Some(Timedate::now());
             None
@@ -304,9 +306,11 @@ impl Follower {
         }
 
         // Drain the buffer, then follow live.
+        // A status says how the feed stands now: it goes first (the sort is stable).
         buffer.sort_by_key(|m| match m {
-            Live::Tick(t) => (t.timedate, t.currency),
-            Live::Gap(g) => (g.from, g.currency),
+            Live::Tick(t) => Some((t.timedate, t.currency)),
+            Live::Gap(g) => Some((g.from, g.currency)),
+            Live::Status(_) => None,
         });
         for message in buffer {
             if !self.deliver_live(message).await {
@@ -339,8 +343,8 @@ impl Follower {
         }
     }
 
-    /// A tick of a wanted currency, or a gap of one; anything else is logged and dropped. The
-    /// status only tells the interval.
+    /// A tick of a wanted currency, a gap of one, or the status (which also tells the interval);
+    /// anything else is logged and dropped.
     fn parse(&mut self, p: &rumqttc::Publish) -> Option<Live> {
         if p.topic == STATUS_TOPIC {
             #[derive(serde::Deserialize)]
@@ -352,9 +356,14 @@ impl Follower {
                 .and_then(|s| s.interval.parse::<Interval>())
             {
                 Ok(interval) => self.interval = Some(interval),
-                Err(error) => tracing::debug!(%error, "a status without an interval"),
+                Err(error) => {
+                    tracing::debug!(%error, "a status without an interval");
+                    return None;
+                }
             }
-            return None;
+            return std::str::from_utf8(&p.payload)
+                .ok()
+                .map(|text| Live::Status(text.to_owned()));
         }
         let parsed = if p.topic == GAPS_TOPIC {
             Gap::from_payload(&p.payload)
@@ -413,7 +422,7 @@ impl Follower {
             let currency = match e {
                 FeedEvent::Tick(t) => t.currency,
                 FeedEvent::Gap(g) => g.currency,
-                FeedEvent::Live => Currency::USD,
+                FeedEvent::Live | FeedEvent::Status(_) => Currency::USD,
             };
             (*t, currency, *kind)
         });
@@ -430,6 +439,7 @@ impl Follower {
     async fn deliver_live(&mut self, message: Live) -> bool {
         let tick = match message {
             Live::Gap(gap) => return self.emit(FeedEvent::Gap(gap)).await,
+            Live::Status(status) => return self.emit(FeedEvent::Status(status)).await,
             Live::Tick(tick) => tick,
         };
         let last = self.last.get(&tick.currency).copied();
@@ -523,7 +533,7 @@ impl Follower {
                 let covered = self.covered_until.entry(gap.currency).or_insert(gap.until);
                 *covered = (*covered).max(gap.until);
             }
-            FeedEvent::Live => {}
+            FeedEvent::Live | FeedEvent::Status(_) => {}
         }
         self.tx.send(Ok(event)).await.is_ok()
     }

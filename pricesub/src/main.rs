@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> Result<(), Fatal> {
                     );
                 }
             }
-            Some(Ok(FeedEvent::Live)) => {}
+            Some(Ok(FeedEvent::Live | FeedEvent::Status(_))) => {}
             Some(Ok(FeedEvent::Tick(tick))) => {
                 match writeln!(stdout, "{}", tick.line()).and_then(|()| stdout.flush()) {
                     Ok(()) => {}

@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use broker_config::{BrokerHandle, ClusterHandle, Credentials, EmbeddedBroker, TlsListener};
-use history_api::{ApiState, FeedFacts, HttpListener, Metrics, TlsFiles};
+use history_api::relay::{FeedAccess, Relay};
+use history_api::{ApiState, FeedFacts, HttpListener, Metrics, ServeOptions, TlsFiles};
 use history_store::{FeedInfo, HistoryStore};
 use price_sources::{SourceChain, SourceConfig};
 use ticks::{BrokerUrl, Currency, Interval};
@@ -110,6 +111,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// What one client may take from the history API.
     pub http_limits: history_api::Limits,
+    /// Server-Sent Events streams and CORS.
+    pub streams: history_api::StreamArgs,
     pub clock: WallClock,
     /// Run as a node of a cluster of embedded brokers (needs the cargo feature `cluster`).
     pub cluster: Option<ClusterSettings>,
@@ -376,6 +379,29 @@ impl Feed {
         } = self;
         let demo = chain.uses_demo();
         let metrics = Arc::new(Metrics::new());
+        let http_addr = http.local_addr()?;
+        // Streams backfill from this process's own history API. Over HTTPS that is a listener
+        // on loopback only, in plain HTTP: the certificate names the public host, not loopback.
+        let internal_http = match &https {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .await
+                    .context("cannot listen on loopback for the streams' backfills")?,
+            ),
+            None => None,
+        };
+        let backfill_addr = match &internal_http {
+            Some(listener) => listener.local_addr()?,
+            None => http_addr,
+        };
+        let external_credentials = (!matches!(config.broker, BrokerMode::Embedded { .. }))
+            .then(|| (credentials.username.clone(), credentials.password.clone()));
+        let relay = Arc::new(Relay::new(
+            FeedAccess::local(broker_url.clone(), backfill_addr, external_credentials),
+            config.streams.limits(),
+            shutdown.clone(),
+            "pricefeed-sse",
+        ));
         let api = ApiState::new(
             store.clone(),
             FeedFacts {
@@ -384,7 +410,9 @@ impl Feed {
             },
         )
         .with_metrics(metrics.clone())
-        .with_limits(config.http_limits.clone());
+        .with_limits(config.http_limits.clone())
+        .with_streams(relay, config.streams.sse_heartbeat)
+        .with_cors(config.streams.cors_origin.clone());
         let plan = node_plan(&config, &broker, &broker_url, &shutdown).await?;
         let node_id = plan.as_ref().map(|p| p.node);
         let (sink, api, gate) = match plan {
@@ -451,7 +479,6 @@ impl Feed {
                 (Sink::Single(link, link_stop), api, None)
             }
         };
-        let http_addr = http.local_addr()?;
         let grpc_addr = grpc.as_ref().map(|l| l.local_addr()).transpose()?;
         let grpc_task = match grpc {
             Some(listener) => Some(start_grpc(
@@ -460,7 +487,7 @@ impl Feed {
                 &api,
                 &broker_url,
                 (!matches!(config.broker, BrokerMode::Embedded { .. })).then_some(&credentials),
-                http_addr,
+                backfill_addr,
                 &shutdown,
             )),
             None => None,
@@ -470,9 +497,27 @@ impl Feed {
             Some(tls) => HttpListener::https(http, tls),
             None => http.into(),
         };
-        let http_task = tokio::spawn(history_api::serve(http, api, async move {
-            http_stop.cancelled().await
-        }));
+        let options = ServeOptions {
+            header_read_timeout: history_api::HEADER_READ_TIMEOUT,
+            limits: api.limits.clone(),
+            metrics: api.metrics.clone(),
+        };
+        let router = history_api::app(api);
+        let internal_task = internal_http.map(|listener| {
+            let stop = shutdown.clone();
+            tokio::spawn(history_api::serve_router(
+                listener,
+                router.clone(),
+                options.clone(),
+                async move { stop.cancelled().await },
+            ))
+        });
+        let http_task = tokio::spawn(history_api::serve_router(
+            http,
+            router,
+            options,
+            async move { http_stop.cancelled().await },
+        ));
         tracing::info!(
             interval = %config.interval,
             currencies = ?config.currencies,
@@ -524,10 +569,12 @@ impl Feed {
                 _ => {}
             }
         }
-        match tokio::time::timeout(SHUTDOWN_STEP, http_task).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-            Err(_) => tracing::warn!("HTTP server did not stop in time"),
-            _ => {}
+        for task in std::iter::once(http_task).chain(internal_task) {
+            match tokio::time::timeout(SHUTDOWN_STEP, task).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+                Err(_) => tracing::warn!("HTTP server did not stop in time"),
+                _ => {}
+            }
         }
         if let Some(broker) = broker {
             let _ = tokio::time::timeout(
@@ -563,25 +610,17 @@ fn start_grpc(
     if let Some((id, role)) = &api.node {
         history = history.with_node(*id, role.clone());
     }
-    let loopback = if http_addr.ip().is_unspecified() {
-        match http_addr.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        }
-    } else {
-        http_addr.ip()
-    };
-    let feed = grpc_api::FeedAccess {
-        broker: broker_url.clone(),
-        history: format!("http://{}", SocketAddr::new(loopback, http_addr.port())),
-        credentials: credentials.map(|c| (c.username.clone(), c.password.clone())),
-    };
-    let limits = grpc_api::StreamLimits {
+    let feed = FeedAccess::local(
+        broker_url.clone(),
+        http_addr,
+        credentials.map(|c| (c.username.clone(), c.password.clone())),
+    );
+    let limits = history_api::relay::StreamLimits {
         max_streams: settings.max_streams,
         buffer: settings.stream_buffer,
     };
-    let service =
-        grpc_api::PriceFeedService::new(Arc::new(history), feed, limits, shutdown.clone());
+    let relay = Arc::new(Relay::new(feed, limits, shutdown.clone(), "pricefeed-grpc"));
+    let service = grpc_api::PriceFeedService::new(Arc::new(history), relay);
     let stop = shutdown.clone();
     tokio::spawn(async move {
         grpc_api::serve(listener, service, async move { stop.cancelled().await })

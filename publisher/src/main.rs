@@ -99,6 +99,9 @@ struct Cli {
     #[command(flatten)]
     http_limits: history_api::Limits,
 
+    #[command(flatten)]
+    streams: history_api::StreamArgs,
+
     /// Log format.
     #[arg(long, env = "PRICEFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -396,6 +399,7 @@ impl Cli {
             publisher_password: self.broker_password,
             http_listen: self.http_listen,
             http_limits: self.http_limits,
+            streams: self.streams,
             clock: WallClock::System,
             cluster,
             elected,

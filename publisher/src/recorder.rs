@@ -183,6 +183,7 @@ impl Recorder {
                     FeedEvent::Live => {
                         self.caught_up.send_replace(true);
                     }
+                    FeedEvent::Status(_) => {}
                 }
             }
             anyhow::Ok(())

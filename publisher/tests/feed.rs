@@ -38,6 +38,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
         publisher_password: None,
         http_listen: "127.0.0.1:0".parse().unwrap(),
         http_limits: Default::default(),
+        streams: Default::default(),
         clock: WallClock::System,
         cluster: None,
         elected: None,

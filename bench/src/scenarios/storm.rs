@@ -446,7 +446,7 @@ async fn sdk_client(
             event = sub.next() => match event {
                 Some(Ok(pricesub::FeedEvent::Tick(t))) => ctx.delivered(log, &t),
                 Some(Ok(pricesub::FeedEvent::Gap(_))) => log.gaps += 1,
-                Some(Ok(pricesub::FeedEvent::Live)) => {}
+                Some(Ok(pricesub::FeedEvent::Live | pricesub::FeedEvent::Status(_))) => {}
                 Some(Err(e)) => return Err(e.to_string()),
                 None => return Ok(()),
             },

@@ -49,6 +49,7 @@ impl TestFeed {
             publisher_password: password,
             http_listen: "127.0.0.1:0".parse().unwrap(),
             http_limits: Default::default(),
+            streams: Default::default(),
             clock: WallClock::System,
             cluster: None,
             elected: None,
@@ -157,7 +158,7 @@ impl Delivered {
         match event {
             FeedEvent::Tick(t) => self.ticks.entry(t.currency).or_default().push(t),
             FeedEvent::Gap(g) => self.gaps.push(g),
-            FeedEvent::Live => {}
+            FeedEvent::Live | FeedEvent::Status(_) => {}
         }
     }
 
