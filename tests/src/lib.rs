@@ -22,6 +22,7 @@ pub mod fixtures;
 pub mod mosquitto;
 pub mod process;
 pub mod proxy;
+pub mod sse;
 pub mod subscriber;
 
 use std::time::Duration;
