@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto/pricefeed.proto");
+    // Read when the script runs, not baked in when it is compiled: a build directory kept between
+    // checkouts at different paths reuses the compiled script.
+    let proto =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto/pricefeed.proto");
     let includes = proto.parent().expect("the proto file is in a directory");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={}", proto.display());
