@@ -18,6 +18,11 @@
 //!   place.
 //! - A CPU "busy check" refuses CONNECTs when the machine is loaded; a price feed should serve its
 //!   subscribers precisely when it is busy, so it is off.
+//! - An offline session's queued messages expire after the listener's message expiry (5 min)
+//!   however long the session itself is kept (2 h for MQTT 3.1.1, as long as an MQTT 5 client
+//!   asks): a display back after 6 minutes got nothing of what was queued for it. The message
+//!   expiry is off, so a queued tick lives as long as its session, and `--mqtt-session-expiry`
+//!   bounds both kinds of sessions.
 //! - Its TLS listener (cargo feature `tls`) always builds its rustls configuration on aws-lc-rs,
 //!   whatever the process default provider is; every other TLS of the process names ring
 //!   explicitly or installs it as the default, so the two never have to agree.
@@ -54,6 +59,9 @@ pub struct EmbeddedBroker {
     pub cluster: Option<ClusterConfig>,
     /// A second listener, for MQTT over TLS (needs the cargo feature `tls`).
     pub tls: Option<TlsListener>,
+    /// A listener for MQTT over WebSocket (browsers, dashboards); port 0 picks a free port (see
+    /// [`BrokerHandle::ws_addr`]). Any path; the subprotocol must be `mqtt` (or `mqttv3.1`).
+    pub ws: Option<SocketAddr>,
 }
 
 /// Where and with what certificate the broker listens for MQTT over TLS: the same ACL and limits
@@ -82,6 +90,7 @@ impl EmbeddedBroker {
             worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cluster: None,
             tls: None,
+            ws: None,
         }
     }
 
@@ -124,6 +133,7 @@ rules = [
     /// accepts MQTT clients once it has.
     pub fn start(self) -> Result<BrokerHandle, BrokerError> {
         self.publisher.validate().map_err(BrokerError::Config)?;
+        self.limits.validate().map_err(BrokerError::Config)?;
         #[cfg(not(feature = "cluster"))]
         if self.cluster.is_some() {
             return Err(BrokerError::Config(
@@ -205,9 +215,13 @@ rules = [
         if let Some(addr) = listening.tls {
             tracing::info!(%addr, "embedded MQTT broker listening for MQTT over TLS");
         }
+        if let Some(addr) = listening.ws {
+            tracing::info!(%addr, "embedded MQTT broker listening for MQTT over WebSocket");
+        }
         Ok(BrokerHandle {
             local_addr: listening.plain,
             tls_addr: listening.tls,
+            ws_addr: listening.ws,
             cluster: cluster.map(|config| ClusterHandle {
                 config: Arc::new(config),
                 scx,
@@ -261,15 +275,33 @@ rules = [
         };
         #[cfg(not(feature = "tls"))]
         let tls_addr = None;
+        let (server, ws_addr) = match self.ws {
+            Some(listen) => {
+                let bind_err = |e: &dyn std::fmt::Display| BrokerError::Bind {
+                    addr: listen,
+                    reason: e.to_string(),
+                };
+                let listener = listener_builder("mqtt/ws", listen, &self.limits)
+                    .bind()
+                    .map_err(|e| bind_err(&e))?
+                    .ws()
+                    .map_err(|e| bind_err(&e))?;
+                let addr = listener.local_addr().map_err(|e| bind_err(&e))?;
+                (server.listener_by_id(listener, addr.port()), Some(addr))
+            }
+            None => (server, None),
+        };
         let listening = Listening {
             plain: local_addr,
             tls: tls_addr,
+            ws: ws_addr,
         };
         Ok((server.build(), listening, scx))
     }
 }
 
-/// The settings every listener shares, plain or TLS.
+/// The settings every listener shares, plain, TLS or WebSocket: rmqtt keeps them per listener,
+/// and a session follows those of the listener its client connected to.
 fn listener_builder(name: &str, listen: SocketAddr, limits: &ClientLimits) -> Builder {
     Builder::new()
         .name(name)
@@ -280,6 +312,15 @@ fn listener_builder(name: &str, listen: SocketAddr, limits: &ClientLimits) -> Bu
         .max_packet_size(limits.max_packet_bytes)
         .max_keepalive(limits.max_keepalive_s)
         .allow_zero_keepalive(false)
+        // MQTT 3.1.1 sessions are kept this long; MQTT 5 clients ask, up to this (rmqtt's zero
+        // cap would mean none).
+        .session_expiry_interval(limits.session_expiry)
+        .max_session_expiry_interval(limits.session_expiry)
+        // Zero: no expiry of its own. A queued message lives as long as its session, instead of
+        // being dropped at delivery once 5 minutes old (rmqtt's default); retained messages have
+        // their own TTL (`RETAINER_TOML`).
+        .message_expiry_interval(Duration::ZERO)
+        .max_mqueue_len(limits.max_queued_messages)
         // A restarted process can re-bind its port while old sockets sit in TIME_WAIT.
         .reuseaddr(Some(true))
         // A tick goes out the moment it is written, not after the previous one is acknowledged.
@@ -318,6 +359,7 @@ fn tls_listener(
 struct Listening {
     plain: SocketAddr,
     tls: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
 }
 
 /// Retained messages in memory, never expiring: the last price stays visible through an outage
@@ -333,6 +375,7 @@ retained_message_ttl = "0s"
 pub struct BrokerHandle {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
     cluster: Option<ClusterHandle>,
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -381,6 +424,11 @@ impl BrokerHandle {
     /// The address of the MQTT-over-TLS listener, if there is one.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The address of the MQTT-over-WebSocket listener, if there is one.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     /// The cluster this broker is a node of, if any.

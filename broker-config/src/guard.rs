@@ -1,5 +1,6 @@
-//! [`ClientLimits`]: what one MQTT client may take from the embedded broker; [`ClientGuard`], the
-//! per-address part: open connections and new connections per second.
+//! [`ClientLimits`]: what one MQTT client may take from the embedded broker (its packets, its
+//! keep-alive, its session while it is away); [`ClientGuard`], the per-address part: open
+//! connections and new connections per second.
 //!
 //! rmqtt 0.24 caps sessions only in total (`mqtt_max_sessions`); it has no per-address limit. Its
 //! hooks give us one: the listener takes no anonymous shortcut (`allow_anonymous(false)`), so every
@@ -18,6 +19,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rmqtt::context::ServerContext;
@@ -41,6 +43,14 @@ pub struct ClientLimits {
     pub connect_rate: u32,
     /// New connections one address may open at once above its rate.
     pub connect_burst: u32,
+    /// How long the broker keeps the session of a client that went away with clean session off
+    /// (MQTT 3.1.1), and the longest session expiry an MQTT 5 client may ask for; the messages
+    /// queued for it live as long as the session. At least a second.
+    pub session_expiry: Duration,
+    /// Messages queued for one session: while it is away, or online with its 16 QoS 1 messages
+    /// in flight unacknowledged. Past it, each new QoS 1 message pushes out the oldest queued one;
+    /// a new QoS 0 message is dropped. At least 1.
+    pub max_queued_messages: usize,
 }
 
 impl Default for ClientLimits {
@@ -53,7 +63,24 @@ impl Default for ClientLimits {
             connections_per_address: 20_000,
             connect_rate: 1_000,
             connect_burst: 20_000,
+            // rmqtt's own defaults for MQTT 3.1.1 clients, which it did not apply to MQTT 5.
+            session_expiry: Duration::from_secs(2 * 60 * 60),
+            max_queued_messages: 1_000,
         }
+    }
+}
+
+impl ClientLimits {
+    /// Checks the values rmqtt would misread: a zero session expiry would mean "no cap" to it for
+    /// MQTT 5 clients, and a zero queue would drop every message, online clients' too.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.session_expiry < Duration::from_secs(1) {
+            return Err("the MQTT session expiry must be at least 1s".into());
+        }
+        if self.max_queued_messages == 0 {
+            return Err("the MQTT queue must hold at least 1 message".into());
+        }
+        Ok(())
     }
 }
 

@@ -3,8 +3,9 @@
 //! Two ways to run it, with the same rules:
 //!
 //! - **Embedded** ([`EmbeddedBroker`]): rmqtt 0.24 inside the pricefeed process, the single-machine
-//!   default. MQTT 3.1.1 and 5 on a TCP listener (and, with the cargo feature `tls`, on a second one
-//!   for MQTT over TLS), retained messages in memory, and the ACL below.
+//!   default. MQTT 3.1.1 and 5 on a TCP listener (and, if asked, on one for MQTT over WebSocket
+//!   and, with the cargo feature `tls`, one for MQTT over TLS: the same ACL and limits on each),
+//!   retained messages in memory, and the ACL below.
 //! - **External**: Mosquitto (or any broker) run by the operator; [`mosquitto`] writes the
 //!   equivalent configuration and ACL, and `broker-config/mosquitto/` holds a ready example.
 //! - **Clustered** ([`cluster`], cargo feature `cluster`): every node runs the embedded broker,

@@ -83,6 +83,8 @@ pub enum BrokerMode {
         max_sessions: usize,
         /// What one client and one client address may take.
         limits: broker_config::ClientLimits,
+        /// Also listen for MQTT over WebSocket here.
+        ws_listen: Option<SocketAddr>,
     },
     /// Publish to a broker someone else runs.
     External { url: BrokerUrl },
@@ -282,10 +284,12 @@ impl Feed {
                 listen,
                 max_sessions,
                 limits,
+                ws_listen,
             } => {
                 let mut embedded = EmbeddedBroker::new(*listen, credentials.clone());
                 embedded.max_sessions = *max_sessions;
                 embedded.limits = *limits;
+                embedded.ws = *ws_listen;
                 embedded.cluster = config.cluster.as_ref().map(|c| c.cluster.clone());
                 embedded.tls = config.tls.as_ref().and_then(|tls| {
                     Some(TlsListener {
@@ -339,6 +343,11 @@ impl Feed {
     /// Where the embedded broker listens, if there is one.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.broker.as_ref().map(BrokerHandle::local_addr)
+    }
+
+    /// Where the embedded broker listens for MQTT over WebSocket, if it does.
+    pub fn mqtt_ws_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().and_then(BrokerHandle::ws_addr)
     }
 
     /// Where the embedded broker listens for MQTT over TLS, if it does.

@@ -80,6 +80,12 @@ struct Cli {
     #[arg(long, env = "PRICEFEED_MAX_CLIENTS", default_value_t = 100_000)]
     max_clients: usize,
 
+    /// Where the embedded broker also listens for MQTT over WebSocket (browsers, dashboards),
+    /// e.g. 0.0.0.0:8083: the same topics, ACL and limits as --mqtt-listen. Any path; the
+    /// WebSocket subprotocol must be `mqtt`.
+    #[arg(long, env = "PRICEFEED_MQTT_WS_LISTEN")]
+    mqtt_ws_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     mqtt_limits: MqttLimits,
 
@@ -380,11 +386,19 @@ impl Cli {
             Duration::from_secs(2).min(self.interval.as_duration().mul_f64(0.6))
         });
         let broker = match self.broker {
-            Some(url) => BrokerMode::External { url },
+            Some(url) => {
+                if self.mqtt_ws_listen.is_some() {
+                    anyhow::bail!(
+                        "--mqtt-ws-listen is for the embedded broker; with --broker, MQTT over WebSocket is your broker's to serve"
+                    );
+                }
+                BrokerMode::External { url }
+            }
             None => BrokerMode::Embedded {
                 listen: self.mqtt_listen,
                 max_sessions: self.max_clients,
                 limits: self.mqtt_limits.into(),
+                ws_listen: self.mqtt_ws_listen,
             },
         };
         Ok(Config {
@@ -438,6 +452,23 @@ struct MqttLimits {
     /// disconnected); MQTT 3.1.1 clients asking for more, or for none, are refused.
     #[arg(long, env = "PRICEFEED_MQTT_MAX_KEEPALIVE", default_value_t = ClientLimits::default().max_keepalive_s, value_parser = clap::value_parser!(u16).range(1..))]
     mqtt_max_keepalive: u16,
+    /// How long the session of a client that went away is kept, with the messages queued for it:
+    /// MQTT 3.1.1 clients with clean session off get this, MQTT 5 clients the session expiry
+    /// they ask for, up to this. At least 1s.
+    #[arg(long, env = "PRICEFEED_MQTT_SESSION_EXPIRY", default_value = "2h", value_parser = parse_session_expiry)]
+    mqtt_session_expiry: Duration,
+    /// Messages queued for one session (away, or online but slow); past it, each new message
+    /// pushes out the oldest (QoS 1 subscriptions) or is dropped (QoS 0).
+    #[arg(long, env = "PRICEFEED_MQTT_MAX_QUEUED_MESSAGES", default_value_t = ClientLimits::default().max_queued_messages as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    mqtt_max_queued_messages: u32,
+}
+
+fn parse_session_expiry(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 impl From<MqttLimits> for ClientLimits {
@@ -448,6 +479,8 @@ impl From<MqttLimits> for ClientLimits {
             connections_per_address: flags.mqtt_max_connections_per_address,
             connect_rate: flags.mqtt_connect_rate,
             connect_burst: flags.mqtt_connect_burst,
+            session_expiry: flags.mqtt_session_expiry,
+            max_queued_messages: flags.mqtt_max_queued_messages as usize,
         }
     }
 }

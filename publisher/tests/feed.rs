@@ -34,6 +34,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
             listen: "127.0.0.1:0".parse().unwrap(),
             max_sessions: 1000,
             limits: Default::default(),
+            ws_listen: None,
         },
         publisher_password: None,
         http_listen: "127.0.0.1:0".parse().unwrap(),

@@ -82,6 +82,7 @@ impl TestFeed {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 max_sessions: 1000,
                 limits: Default::default(),
+                ws_listen: None,
             },
             None,
         )
