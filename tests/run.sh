@@ -2,10 +2,12 @@
 # Runs every test of the workspace, installing first what the end-to-end tests use as real
 # third-party parts: Debian's Mosquitto (broker, mosquitto_sub, mosquitto_pub, mosquitto_passwd),
 # etcd (etcd-server, etcdctl), curl and HAProxy, protoc (the cluster and etcd builds need it),
-# openssl (the TLS tests make their certificates with it), the Python MQTT client paho-mqtt and the
-# Python gRPC client and stub generator (grpcio, grpcio-tools) from PyPI. Then builds pricefeed
-# with both ways of running several nodes (cluster and etcd), MQTT over TLS and gRPC, and runs
-# their tests (three nodes each, one test at a time), the TLS tests and the gRPC tests.
+# openssl (the TLS tests make their certificates with it), Node.js and npm, the Python MQTT client
+# paho-mqtt and the Python gRPC client and stub generator (grpcio, grpcio-tools) from PyPI, and the
+# JavaScript MQTT client MQTT.js from npm (`npm ci` in tests/clients, the versions its
+# package-lock.json pins). Then builds pricefeed with both ways of running several nodes (cluster
+# and etcd), MQTT over TLS and gRPC, and runs their tests (three nodes each, one test at a time),
+# the TLS tests and the gRPC tests.
 # Arguments go to every test run. Nothing here reaches the internet at
 # test time: price APIs are served from tests/fixtures by a local server.
 set -euo pipefail
@@ -13,7 +15,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool in mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_passwd:mosquitto curl:curl \
-    protoc:protobuf-compiler haproxy:haproxy etcd:etcd-server etcdctl:etcd-client openssl:openssl; do
+    protoc:protobuf-compiler haproxy:haproxy etcd:etcd-server etcdctl:etcd-client openssl:openssl \
+    node:nodejs npm:npm; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,6 +29,11 @@ fi
 if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
     echo "installing paho-mqtt from PyPI" >&2
     python3 -m pip install -q 'paho-mqtt==2.1.0'
+fi
+# MQTT.js for tests/tests/foreign_clients.rs, as tests/clients/package-lock.json pins it.
+if [ ! -d tests/clients/node_modules/mqtt ]; then
+    echo "installing MQTT.js from npm" >&2
+    (cd tests/clients && npm ci --no-audit --no-fund --silent)
 fi
 # The gRPC tests' Python client: grpcio, and grpcio-tools to generate its stubs from the .proto.
 if ! python3 -c 'import grpc, grpc_tools.protoc' >/dev/null 2>&1; then

@@ -3,6 +3,7 @@
 //! Mosquitto wants a hashed password file (made with `mosquitto_passwd`), an ACL file and a
 //! configuration naming both. [`acl_file`] and [`config`] write the last two; the example in
 //! `broker-config/mosquitto/` is exactly their output and a test keeps it so.
+//! [`websockets_listener`] adds MQTT over WebSocket, under the same rules.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -48,6 +49,9 @@ pub fn config(bind: &str, port: u16, password_file: &Path, acl_file: &Path) -> S
          acl_file {}\n\
          # Keep QoS 1 ticks for slow subscribers rather than dropping them at the default 1000.\n\
          max_queued_messages 10000\n\
+         # Forget a session whose client went away (clean session off) after 2 hours, as the\n\
+         # embedded broker does; Mosquitto's default keeps it, and its queue, for ever.\n\
+         persistent_client_expiration 2h\n\
          # Retained prices live in memory; the publisher re-publishes the latest stored tick at start.\n\
          persistence false\n\
          # Skip the per-delivery check for a client that matches twice (overlapping filters get a\n\
@@ -56,6 +60,16 @@ pub fn config(bind: &str, port: u16, password_file: &Path, acl_file: &Path) -> S
          allow_duplicate_messages true\n",
         password_file.display(),
         acl_file.display()
+    )
+}
+
+/// A second listener, for MQTT over WebSocket on `bind:port`, to append to [`config`]: with
+/// `per_listener_settings false` it has the same anonymous readers, password and ACL.
+pub fn websockets_listener(bind: &str, port: u16) -> String {
+    format!(
+        "# MQTT over WebSocket (browsers, dashboards), with the same ACL.\n\
+         listener {port} {bind}\n\
+         protocol websockets\n"
     )
 }
 

@@ -1,5 +1,5 @@
 //! [`Mosquitto`]: Debian's Mosquitto on a free loopback port, with pricefeed's configuration, ACL
-//! and a publisher password.
+//! and a publisher password, and, if asked, a listener for MQTT over WebSocket.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +15,8 @@ pub const MOSQUITTO_PUBLISHER_PASSWORD: &str = "mosquitto-test-password";
 /// A running Mosquitto; killed when dropped.
 pub struct Mosquitto {
     pub port: u16,
+    /// Its MQTT-over-WebSocket listener, if it was started with one.
+    pub ws_port: Option<u16>,
     pub password: String,
     pub process: Process,
     /// From spawn to accepting connections.
@@ -34,6 +36,19 @@ impl Mosquitto {
     /// Starts it with `extra` lines appended to pricefeed's configuration (experiments) and waits
     /// until it accepts connections.
     pub async fn launch(extra: &[String]) -> anyhow::Result<Mosquitto> {
+        Mosquitto::launch_with(extra, false).await
+    }
+
+    /// Starts it with a second listener, for MQTT over WebSocket (pricefeed's configuration with
+    /// `broker_config::mosquitto::websockets_listener`), and waits until both accept
+    /// connections; panics if it cannot.
+    pub async fn start_with_websockets() -> Mosquitto {
+        Mosquitto::launch_with(&[], true)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    async fn launch_with(extra: &[String], websockets: bool) -> anyhow::Result<Mosquitto> {
         which("mosquitto_passwd").context(
             "Debian's mosquitto is required (apt-get install mosquitto mosquitto-clients)",
         )?;
@@ -53,16 +68,24 @@ impl Mosquitto {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
+            let ws_port = websockets.then(free_port);
             let mut text = broker_config::mosquitto::config("127.0.0.1", port, &passwd, &acl);
+            if let Some(ws) = ws_port {
+                text.push_str(&broker_config::mosquitto::websockets_listener(
+                    "127.0.0.1",
+                    ws,
+                ));
+            }
             for line in extra {
                 text.push_str(line);
                 text.push('\n');
             }
             std::fs::write(&conf, text)?;
-            match spawn(&conf, port).await {
+            match spawn(&conf, port, ws_port).await {
                 Ok(process) => {
                     return Ok(Mosquitto {
                         port,
+                        ws_port,
                         password: MOSQUITTO_PUBLISHER_PASSWORD.to_string(),
                         ready_after: process.started.elapsed(),
                         process,
@@ -83,7 +106,7 @@ impl Mosquitto {
         let started = Instant::now();
         let mut last = String::new();
         while started.elapsed() < Duration::from_secs(5) {
-            match spawn(&self.conf, self.port).await {
+            match spawn(&self.conf, self.port, self.ws_port).await {
                 Ok(process) => {
                     self.process = process;
                     return;
@@ -105,10 +128,14 @@ impl Mosquitto {
     }
 }
 
-async fn spawn(conf: &std::path::Path, port: u16) -> anyhow::Result<Process> {
+async fn spawn(conf: &std::path::Path, port: u16, ws_port: Option<u16>) -> anyhow::Result<Process> {
     let program = which("mosquitto").context("Debian's mosquitto is required")?;
     let mut process = Process::start(&program, &["-c".as_ref(), conf.as_os_str()])?;
-    if wait_listening(port, Duration::from_secs(5)).await && process.is_running() {
+    let ws_listening = match ws_port {
+        Some(ws) => wait_listening(ws, Duration::from_secs(5)).await,
+        None => true,
+    };
+    if wait_listening(port, Duration::from_secs(5)).await && ws_listening && process.is_running() {
         return Ok(process);
     }
     let log = process.log().join("\n");
