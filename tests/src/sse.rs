@@ -32,13 +32,10 @@ pub struct SseReader {
 }
 
 impl SseReader {
-    /// Runs `curl -sN url` with `headers` (`Name: value`).
-    pub fn start(url: &str, headers: &[String]) -> SseReader {
-        let mut args = vec!["-sN".to_string(), "--fail".to_string(), url.to_string()];
-        for header in headers {
-            args.push("-H".into());
-            args.push(header.clone());
-        }
+    /// Runs `curl -sN url` with more curl arguments (`-H`, `--cacert`, …).
+    pub fn start(url: &str, curl_args: &[&str]) -> SseReader {
+        let mut args = vec!["-sN", "--fail", url];
+        args.extend_from_slice(curl_args);
         let mut process = Process::start(&which("curl").expect("curl"), &args).unwrap();
         let stdout = process.child.stdout.take().unwrap();
         SseReader {

@@ -132,7 +132,8 @@ async fn curl_gets_exact_ticks_and_resumes_across_a_restart_with_last_event_id()
         .await
         .unwrap();
     kraken.set_mode(Mode::Status(503));
-    let mut second = SseReader::start(&stream_url, &[format!("Last-Event-ID: {position}")]);
+    let resume = format!("Last-Event-ID: {position}");
+    let mut second = SseReader::start(&stream_url, &["-H", &resume]);
     let mut resumed = Vec::new();
     read_until(&mut second, &mut resumed, |e| {
         e.iter().any(|e| e.event == "gap")

@@ -284,6 +284,19 @@ async fn mqtt_over_tls_and_https_serve_clients_that_trust_the_certificate_and_no
     assert_eq!(first["timedate"], since.as_str(), "{body}");
     assert_eq!(first["price"].to_string(), "77726.1", "{body}");
 
+    // The live stream over HTTPS: its backfill comes from a loopback listener in plain HTTP,
+    // since the certificate names localhost's public side, not the address the server asks.
+    let stream = format!("https://localhost:{https}/v1/stream?since={since}&currency=USD");
+    let mut reader = testkit::sse::SseReader::start(&stream, &["--cacert", ca]);
+    let first = loop {
+        let event = reader.next(WAIT).await.expect("the stream goes on");
+        if let Some(tick) = testkit::sse::tick_of(&event) {
+            break tick;
+        }
+    };
+    assert_eq!(first.payload(), seen.payload());
+    drop(reader);
+
     // (c) Clients that do not trust the certificate, or do not speak TLS, get nothing.
     let (ok, stdout, _) = mosquitto_sub(&[
         "--tls-use-os-certs",
