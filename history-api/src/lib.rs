@@ -5,7 +5,8 @@
 //! to trust the answer: the gaps the publisher recorded, the earliest time this server holds, and a
 //! cursor when `limit` cut the page. `GET /v1/stream` sends the same ticks, then the live ones, as
 //! Server-Sent Events. The same listener answers `/healthz`, `/readyz`, `/metrics` and
-//! `/openapi.json`, the hand-written description of all of it.
+//! `/openapi.json`, the hand-written description of all of it, and serves at `/` a live page that
+//! draws both (the browser does the drawing).
 //!
 //! It reads the SQLite file the publisher writes (WAL lets it read beside the writer), either
 //! inside the publisher process ([`serve`] with the publisher's store, metrics and broker flag) or
@@ -27,6 +28,8 @@
 //!   `pricesub` subscription to this process's own feed per stream, how many may be open, and how
 //!   far a client may fall behind.
 //! - `health`: `/healthz`, `/readyz` and the `/metrics` scrape.
+//! - `web`: the live page at `/`, its files (`web/`) compiled in, with their Content-Security-Policy
+//!   and entity tags.
 //! - `state`: [`ApiState`], what the handlers share, the cache and the tail included.
 //! - `cache`: the answer cache, whole answers kept for the store version they were computed at.
 //! - `tail`: the newest ticks of each currency held in memory, already encoded, so that the
@@ -63,6 +66,7 @@ mod state;
 mod stored;
 mod tail;
 mod tls;
+mod web;
 
 pub use answer::FeedFacts;
 pub use cursor::{BadCursor, Cursor, PageKey};

@@ -287,10 +287,14 @@ fn every_parameter_is_described_with_the_servers_limits() {
     assert_eq!(
         paths,
         [
+            "/",
+            "/app.js",
+            "/favicon.svg",
             "/healthz",
             "/metrics",
             "/openapi.json",
             "/readyz",
+            "/style.css",
             "/v1/stream",
             "/v1/ticks"
         ]
