@@ -2,12 +2,13 @@
 # Runs every test of the workspace, installing first what the end-to-end tests use as real
 # third-party parts: Debian's Mosquitto (broker, mosquitto_sub, mosquitto_pub, mosquitto_passwd),
 # etcd (etcd-server, etcdctl), curl and HAProxy, protoc (the cluster and etcd builds need it),
-# openssl (the TLS tests make their certificates with it), Node.js and npm, the Python MQTT client
-# paho-mqtt and the Python gRPC client and stub generator (grpcio, grpcio-tools) from PyPI, and the
-# JavaScript MQTT client MQTT.js from npm (`npm ci` in tests/clients, the versions its
-# package-lock.json pins). Then builds pricefeed with both ways of running several nodes (cluster
-# and etcd), MQTT over TLS and gRPC, and runs their tests (three nodes each, one test at a time),
-# the TLS tests and the gRPC tests.
+# openssl (the TLS tests make their certificates with it), Node.js and npm, Chromium (the live
+# page's test drives it headless), the Python MQTT client paho-mqtt and the Python gRPC client and
+# stub generator (grpcio, grpcio-tools) from PyPI, and from npm the JavaScript MQTT client MQTT.js
+# (`npm ci` in tests/clients) and playwright-core (`npm ci` in tests/browser), the versions their
+# package-lock.json files pin. Then builds pricefeed with both ways of running several nodes
+# (cluster and etcd), MQTT over TLS and gRPC, and runs their tests (three nodes each, one test at a
+# time), the TLS tests and the gRPC tests.
 # Arguments go to every test run. Nothing here reaches the internet at
 # test time: price APIs are served from tests/fixtures by a local server.
 set -euo pipefail
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 missing=()
 for tool in mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_passwd:mosquitto curl:curl \
     protoc:protobuf-compiler haproxy:haproxy etcd:etcd-server etcdctl:etcd-client openssl:openssl \
-    node:nodejs npm:npm; do
+    chromium:chromium node:nodejs npm:npm; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -39,6 +40,12 @@ fi
 if ! python3 -c 'import grpc, grpc_tools.protoc' >/dev/null 2>&1; then
     echo "installing grpcio and grpcio-tools from PyPI" >&2
     python3 -m pip install -q 'grpcio==1.85.1' 'grpcio-tools==1.85.1'
+fi
+# The live page's test: playwright-core, exactly as tests/browser/package-lock.json pins it. It
+# drives the Chromium above and downloads no browser of its own.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    echo "installing playwright-core from npm" >&2
+    (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 
 # The end-to-end tests run the binaries of other packages than their own, which `cargo test` alone

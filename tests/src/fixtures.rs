@@ -34,9 +34,12 @@ pub enum Mode {
 /// Requests seen by a fixture server: path and User-Agent.
 type Hits = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
+/// The body to answer for a path, computed per request.
+type Bodies = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 struct FixtureState {
-    bodies: Arc<HashMap<String, String>>,
+    bodies: Bodies,
     mode: Arc<Mutex<Mode>>,
     hits: Hits,
 }
@@ -52,13 +55,17 @@ pub struct FixtureServer {
 impl FixtureServer {
     /// Serves `body` at each path (query strings are ignored).
     pub async fn start(routes: &[(&str, String)]) -> FixtureServer {
+        let routes: HashMap<String, String> = routes
+            .iter()
+            .map(|(p, b)| (p.to_string(), b.clone()))
+            .collect();
+        FixtureServer::start_with(Arc::new(move |path: &str| routes.get(path).cloned())).await
+    }
+
+    /// Serves what `bodies` gives for each path, asked per request; a 404 where it gives none.
+    async fn start_with(bodies: Bodies) -> FixtureServer {
         let state = FixtureState {
-            bodies: Arc::new(
-                routes
-                    .iter()
-                    .map(|(p, b)| (p.to_string(), b.clone()))
-                    .collect(),
-            ),
+            bodies,
             mode: Arc::new(Mutex::new(Mode::Serve)),
             hits: Arc::new(Mutex::new(Vec::new())),
         };
@@ -81,6 +88,33 @@ impl FixtureServer {
     /// Kraken's ticker for USD and EUR (`tests/fixtures/sources/kraken.json`).
     pub async fn kraken() -> FixtureServer {
         FixtureServer::start(&[("/0/public/Ticker", fixture("kraken.json"))]).await
+    }
+
+    /// Kraken's ticker with a price that moves: the recorded answer, its last-trade prices
+    /// stepped by a seeded random walk (about 0.02% a step at most) on every request, so that a chart of
+    /// the feed has a shape and each tick its own price.
+    pub async fn kraken_walk(seed: u64) -> FixtureServer {
+        let recorded = fixture("kraken.json");
+        // Last-trade prices in tenths: USD 77726.1 and EUR 68644.2, as recorded.
+        let (usd, eur) = ("\"c\": [\"77726.10000\"", "\"c\": [\"68644.20000\"");
+        assert!(recorded.contains(usd) && recorded.contains(eur));
+        let walk = Mutex::new((fastrand::Rng::with_seed(seed), 777_261_i64, 686_442_i64));
+        FixtureServer::start_with(Arc::new(move |path: &str| {
+            if path != "/0/public/Ticker" {
+                return None;
+            }
+            let mut walk = walk.lock().unwrap();
+            let step = walk.0.i64(-150..=150);
+            walk.1 += step;
+            walk.2 += step * 883 / 1000 + walk.0.i64(-10..=10);
+            let tenths = |t: i64| format!("\"c\": [\"{}.{}0000\"", t / 10, t % 10);
+            Some(
+                recorded
+                    .replace(usd, &tenths(walk.1))
+                    .replace(eur, &tenths(walk.2)),
+            )
+        }))
+        .await
     }
 
     /// The CoinDesk BPI v1 format of the original brief: the recorded answer's prices, dated now
@@ -129,10 +163,10 @@ async fn answer(State(state): State<FixtureState>, request: Request) -> Response
     state.hits.lock().unwrap().push((path.clone(), agent));
     let mode = state.mode.lock().unwrap().clone();
     match mode {
-        Mode::Serve => match state.bodies.get(&path) {
+        Mode::Serve => match (state.bodies)(&path) {
             Some(body) => (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
-                body.clone(),
+                body,
             )
                 .into_response(),
             None => (StatusCode::NOT_FOUND, "{\"error\":\"not found\"}").into_response(),

@@ -14,7 +14,9 @@
 //! - [`cluster`]: [`Cluster`], nodes of one raft cluster (the `cluster` build of `pricefeed`), or
 //!   nodes on one external broker elected with etcd (the `etcd` build).
 //! - [`etcd`]: [`Etcd`], Debian's etcd members on loopback.
+//! - [`browser`]: [`Browser`], Debian's Chromium, headless, driven from Node by playwright-core.
 
+pub mod browser;
 pub mod cluster;
 pub mod etcd;
 pub mod feed;
@@ -27,6 +29,7 @@ pub mod subscriber;
 
 use std::time::Duration;
 
+pub use browser::Browser;
 pub use cluster::Cluster;
 pub use etcd::Etcd;
 pub use feed::{FeedProcess, HistoryProcess};
