@@ -36,8 +36,7 @@ pub enum ApiError {
     /// As many streams are open as the server serves at once.
     #[error("this server serves {max} streams at once; retry shortly")]
     TooManyStreams { max: usize },
-    /// This server cannot stream the live feed (a standalone history-api without `--broker`, or
-    /// one shutting down).
+    /// This server cannot stream the live feed (a standalone history-api without `--broker`).
     #[error("{0}")]
     StreamUnavailable(&'static str),
     #[error("the request target is {length} bytes; the most this server reads is {max}")]

@@ -122,8 +122,15 @@ pub(crate) async fn stream(
         ));
     };
     if relay.shutting_down() {
-        return Err(ApiError::StreamUnavailable(
-            "the server is shutting down; reconnect shortly",
+        // A stream that ends at once, as the open ones do, rather than a 503: an `EventSource`
+        // given an error status stops for good, while one whose stream ends reconnects.
+        let events = [
+            Event::default().retry(RETRY),
+            end_event(&StreamEnd::ShuttingDown),
+        ]
+        .map(Ok::<_, Infallible>);
+        return Ok(stream_response(
+            Sse::new(futures_util::stream::iter(events)).into_response(),
         ));
     }
     let events = match relay.open(StreamRequest {
@@ -149,15 +156,20 @@ pub(crate) async fn stream(
         }
     });
     let body = retry.chain(events).map(Ok::<_, Infallible>);
-    let mut response = Sse::new(body)
+    let response = Sse::new(body)
         .keep_alive(KeepAlive::new().interval(state.stream_heartbeat).text(""))
         .into_response();
+    Ok(stream_response(response))
+}
+
+/// The headers every stream answer carries.
+fn stream_response(mut response: Response) -> Response {
     let headers = response.headers_mut();
     // Every event is new: nothing in between may keep or replay it.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // nginx buffers proxied answers unless told not to, which would hold events back.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// Counts an open stream in the metrics while it lives.
