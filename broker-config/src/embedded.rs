@@ -222,6 +222,7 @@ rules = [
             local_addr: listening.plain,
             tls_addr: listening.tls,
             ws_addr: listening.ws,
+            sessions: SessionCounts { scx: scx.clone() },
             cluster: cluster.map(|config| ClusterHandle {
                 config: Arc::new(config),
                 scx,
@@ -376,6 +377,7 @@ pub struct BrokerHandle {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     ws_addr: Option<SocketAddr>,
+    sessions: SessionCounts,
     cluster: Option<ClusterHandle>,
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -415,7 +417,32 @@ impl ClusterHandle {
     }
 }
 
+/// How many MQTT clients the broker holds now, readable from any thread or runtime: rmqtt keeps
+/// these counts in atomics, the same ones its `mqtt_max_sessions` cap is checked against.
+#[derive(Clone)]
+pub struct SessionCounts {
+    scx: ServerContext,
+}
+
+impl SessionCounts {
+    /// Sessions on this broker (on a cluster node: this node's), the publisher's own included;
+    /// what `max_sessions` caps.
+    pub fn sessions(&self) -> u64 {
+        u64::try_from(self.scx.sessions.count()).unwrap_or(0)
+    }
+
+    /// Open MQTT connections on this broker's listeners.
+    pub fn connections(&self) -> u64 {
+        u64::try_from(self.scx.connections.count()).unwrap_or(0)
+    }
+}
+
 impl BrokerHandle {
+    /// What the broker holds now; keeps counting until the broker stops.
+    pub fn session_counts(&self) -> SessionCounts {
+        self.sessions.clone()
+    }
+
     /// The address the broker listens on (the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -29,7 +29,9 @@ mod guard;
 pub mod mosquitto;
 
 pub use cluster::{ClusterConfig, ClusterStatus, NodeAddr};
-pub use embedded::{BrokerHandle, ClusterHandle, EmbeddedBroker, MQTT_TLS_BUILT, TlsListener};
+pub use embedded::{
+    BrokerHandle, ClusterHandle, EmbeddedBroker, MQTT_TLS_BUILT, SessionCounts, TlsListener,
+};
 pub use error::BrokerError;
 pub use guard::ClientLimits;
 

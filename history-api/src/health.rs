@@ -168,6 +168,23 @@ pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             );
         }
     }
+    if let Some(gauge) = &state.mqtt_clients {
+        let clients = gauge();
+        header(
+            &mut text,
+            "pricefeed_mqtt_sessions",
+            "gauge",
+            "MQTT sessions the embedded broker holds, the publisher's own included (what --max-clients caps); absent with --broker.",
+        );
+        let _ = writeln!(text, "pricefeed_mqtt_sessions {}", clients.sessions);
+        header(
+            &mut text,
+            "pricefeed_mqtt_connections",
+            "gauge",
+            "MQTT connections open to the embedded broker; absent with --broker.",
+        );
+        let _ = writeln!(text, "pricefeed_mqtt_connections {}", clients.connections);
+    }
     if let Some(node) = node_report(&state) {
         header(
             &mut text,

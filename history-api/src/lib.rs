@@ -80,5 +80,5 @@ pub use server::{
     serve_router,
 };
 pub use sse::StreamArgs;
-pub use state::ApiState;
+pub use state::{ApiState, MqttClients, MqttClientsGauge};
 pub use tls::{HttpListener, TlsArgs, TlsError, TlsFiles};

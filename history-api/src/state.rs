@@ -15,6 +15,18 @@ use crate::metrics::Metrics;
 use crate::relay::Relay;
 use crate::tail::Tail;
 
+/// How many clients an MQTT broker in this process holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MqttClients {
+    /// Sessions, what the broker's cap on clients counts.
+    pub sessions: u64,
+    /// Open connections.
+    pub connections: u64,
+}
+
+/// Reads [`MqttClients`] when `/metrics` is scraped.
+pub type MqttClientsGauge = Arc<dyn Fn() -> MqttClients + Send + Sync>;
+
 /// What the handlers share: the store, the process's metrics, the broker flag, what answers say
 /// about the feed, and the two copies answers are served from before SQLite (the answer cache and
 /// the in-memory tail), which live exactly as long as the state.
@@ -34,6 +46,8 @@ pub struct ApiState {
     pub stream_heartbeat: Duration,
     /// Origins whose pages may read the answers (CORS); `*` for any; none by default.
     pub cors_origins: Vec<String>,
+    /// The embedded broker's clients, read at each scrape; None when this process runs none.
+    pub mqtt_clients: Option<MqttClientsGauge>,
     pub(crate) cache: AnswerCache,
     pub(crate) tail: Arc<Tail>,
 }
@@ -51,6 +65,7 @@ impl ApiState {
             streams: None,
             stream_heartbeat: crate::relay::DEFAULT_HEARTBEAT,
             cors_origins: Vec::new(),
+            mqtt_clients: None,
             cache: AnswerCache::default(),
             tail: Arc::default(),
         }
@@ -66,6 +81,14 @@ impl ApiState {
     pub fn with_node(self, id: u64, role: watch::Receiver<NodeRole>) -> ApiState {
         ApiState {
             node: Some((id, role)),
+            ..self
+        }
+    }
+
+    /// `/metrics` reports the clients of the MQTT broker this process embeds, read from `gauge`.
+    pub fn with_mqtt_clients(self, gauge: MqttClientsGauge) -> ApiState {
+        ApiState {
+            mqtt_clients: Some(gauge),
             ..self
         }
     }

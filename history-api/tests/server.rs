@@ -2,11 +2,12 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use history_api::{app, app_with_timeout, serve};
+use history_api::{MqttClients, app, app_with_timeout, serve};
 use history_store::HistoryStore;
 use serde_json::json;
 use ticks::{Currency, Tick, Timedate};
@@ -159,6 +160,42 @@ async fn metrics_count_requests_and_show_tick_age() {
             .find(|l| l.starts_with("pricefeed_history_requests_total{status=\"200\"}")),
         Some("pricefeed_history_requests_total{status=\"200\"} 3")
     );
+}
+
+/// The embedded broker's clients are read at each scrape; a process without one exports neither
+/// gauge (an empty series would read as "no clients").
+#[tokio::test]
+async fn metrics_report_the_embedded_brokers_clients_only_where_there_is_one() {
+    let sessions = Arc::new(AtomicU64::new(3));
+    let read = sessions.clone();
+    let with = app(
+        state(store_with(1).await).with_mqtt_clients(Arc::new(move || MqttClients {
+            sessions: read.load(Ordering::Relaxed),
+            connections: 2,
+        })),
+    );
+    let text = get(&with, "/metrics").await.text().to_string();
+    for line in [
+        "# TYPE pricefeed_mqtt_sessions gauge",
+        "pricefeed_mqtt_sessions 3",
+        "# TYPE pricefeed_mqtt_connections gauge",
+        "pricefeed_mqtt_connections 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    sessions.store(7, Ordering::Relaxed);
+    let text = get(&with, "/metrics").await.text().to_string();
+    assert!(
+        text.lines().any(|l| l == "pricefeed_mqtt_sessions 7"),
+        "{text}"
+    );
+
+    let without = app(state(store_with(1).await));
+    let text = get(&without, "/metrics").await.text().to_string();
+    assert!(!text.contains("pricefeed_mqtt_"), "{text}");
 }
 
 #[tokio::test]

@@ -36,7 +36,9 @@ use std::time::Duration;
 use anyhow::Context;
 use broker_config::{BrokerHandle, ClusterHandle, Credentials, EmbeddedBroker, TlsListener};
 use history_api::relay::{FeedAccess, Relay};
-use history_api::{ApiState, FeedFacts, HttpListener, Metrics, ServeOptions, TlsFiles};
+use history_api::{
+    ApiState, FeedFacts, HttpListener, Metrics, MqttClients, ServeOptions, TlsFiles,
+};
 use history_store::{FeedInfo, HistoryStore};
 use price_sources::{SourceChain, SourceConfig};
 use ticks::{BrokerUrl, Currency, Interval};
@@ -422,6 +424,16 @@ impl Feed {
         .with_limits(config.http_limits.clone())
         .with_streams(relay, config.streams.sse_heartbeat)
         .with_cors(config.streams.cors_origin.clone());
+        let api = match &broker {
+            Some(broker) => {
+                let counts = broker.session_counts();
+                api.with_mqtt_clients(Arc::new(move || MqttClients {
+                    sessions: counts.sessions(),
+                    connections: counts.connections(),
+                }))
+            }
+            None => api,
+        };
         let plan = node_plan(&config, &broker, &broker_url, &shutdown).await?;
         let node_id = plan.as_ref().map(|p| p.node);
         let (sink, api, gate) = match plan {

@@ -50,6 +50,7 @@ fn config(db: &std::path::Path, sources: &[(SourceKind, &FixtureServer)]) -> Con
 
 struct Running {
     mqtt: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -60,9 +61,15 @@ async fn start(config: Config) -> Running {
         let url = feed.broker_url();
         format!("{}:{}", url.host, url.port).parse().unwrap()
     });
+    let http = feed.http_addr();
     let stop = CancellationToken::new();
     let task = tokio::spawn(feed.run(stop.clone()));
-    Running { mqtt, stop, task }
+    Running {
+        mqtt,
+        http,
+        stop,
+        task,
+    }
 }
 
 impl Running {
@@ -166,6 +173,61 @@ async fn exact_ticks_on_both_topics_one_per_slot_and_all_stored() {
             .as_deref()
             .is_some_and(|a| a.starts_with("pricefeed/"))
     }));
+}
+
+/// One value of `/metrics` (a series without labels), scraped over HTTP/1.0.
+async fn scraped(http: std::net::SocketAddr, series: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// Waits until `/metrics` says `series` is `value`; panics with the last value seen after [`WAIT`].
+async fn until_scraped(http: std::net::SocketAddr, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = scraped(http, series).await;
+        if seen == Some(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {seen:?}, not {value}, after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_embedded_brokers_sessions_as_clients_come_and_go() {
+    let kraken = FixtureServer::kraken().await;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = start(config(
+        &dir.path().join("feed.db"),
+        &[(SourceKind::Kraken, &kraken)],
+    ))
+    .await;
+    // The publisher's own session.
+    until_scraped(feed.http, "pricefeed_mqtt_sessions", 1.0).await;
+    until_scraped(feed.http, "pricefeed_mqtt_connections", 1.0).await;
+    let first = TickSubscriber::connect(feed.mqtt, "display-1", "btc/+").await;
+    let second = TickSubscriber::connect(feed.mqtt, "display-2", "btc/+").await;
+    until_scraped(feed.http, "pricefeed_mqtt_sessions", 3.0).await;
+    until_scraped(feed.http, "pricefeed_mqtt_connections", 3.0).await;
+    drop(first);
+    until_scraped(feed.http, "pricefeed_mqtt_sessions", 2.0).await;
+    until_scraped(feed.http, "pricefeed_mqtt_connections", 2.0).await;
+    drop(second);
+    until_scraped(feed.http, "pricefeed_mqtt_sessions", 1.0).await;
+    feed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
