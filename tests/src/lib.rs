@@ -15,6 +15,8 @@
 //!   nodes on one external broker elected with etcd (the `etcd` build).
 //! - [`etcd`]: [`Etcd`], Debian's etcd members on loopback.
 //! - [`browser`]: [`Browser`], Debian's Chromium, headless, driven from Node by playwright-core.
+//! - [`promql`]: the metric names a PromQL expression reads and the series a scrape exports, for
+//!   the checks that dashboards and alert rules name only real metrics.
 
 pub mod browser;
 pub mod cluster;
@@ -23,6 +25,7 @@ pub mod feed;
 pub mod fixtures;
 pub mod mosquitto;
 pub mod process;
+pub mod promql;
 pub mod proxy;
 pub mod sse;
 pub mod subscriber;
