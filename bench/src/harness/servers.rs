@@ -67,6 +67,19 @@ impl Server {
         max_clients: usize,
         mosquitto_extra: &[String],
     ) -> anyhow::Result<Server> {
+        Server::start_with(bins, kind, db, interval, max_clients, mosquitto_extra, &[]).await
+    }
+
+    /// [`Server::start`] with more flags for `pricefeed` (not for a cluster's nodes).
+    pub async fn start_with(
+        bins: &Path,
+        kind: BrokerKind,
+        db: &Path,
+        interval: &str,
+        max_clients: usize,
+        mosquitto_extra: &[String],
+        pricefeed_extra: &[&str],
+    ) -> anyhow::Result<Server> {
         if kind == BrokerKind::Cluster {
             let program = testkit::binary_in(bins, CLUSTER_BINARY)?;
             let mut cluster = Cluster::with_program(program, 3, interval).await;
@@ -104,6 +117,7 @@ impl Server {
             Some(url) => flags.extend(["--broker", url]),
             None => flags.extend(["--max-clients", &max_clients]),
         }
+        flags.extend_from_slice(pricefeed_extra);
         let feed = FeedProcess::launch(bins, db, &flags).await?;
         Ok(Server {
             single: Some(feed),
