@@ -320,6 +320,11 @@ async fn run_one(
     let addrs = server.mqtt();
     let addr = addrs[0];
     let rss = |pids: &[u32]| pids.iter().filter_map(|&p| meters::rss_kb(p)).sum::<u64>();
+    for &addr in &addrs {
+        retained_tick(addr, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("no tick on {addr} within 60 s"))?;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_baseline = rss(&broker_pids);
 
@@ -540,6 +545,29 @@ async fn run_one(
     drop(subs);
     server.stop().await;
     Ok(result)
+}
+
+/// Waits until the broker at `addr` holds a retained tick. The feed publishes its first at the
+/// first slot boundary after start-up; from then on every subscriber receives it at QoS 1 on
+/// subscribing, as a display does, and the memory per subscriber includes what that delivery
+/// leaves behind (rmqtt keeps the inflight window's storage and the grown delivery queue).
+async fn retained_tick(addr: SocketAddr, within: Duration) -> std::io::Result<()> {
+    let id = format!("bench-retained-{}", std::process::id());
+    let (mut stream, mut buf) = mqtt::connect(addr, &id, None, 60, within).await?;
+    mqtt::subscribe(&mut stream, &mut buf, Currency::USD.topic(), within).await?;
+    // The retained tick if there is one, else the feed's first, which is retained from then on.
+    tokio::time::timeout(within, async {
+        loop {
+            let (first, _) = mqtt::read_packet(&mut stream, &mut buf).await?;
+            if first & 0xF0 == mqtt::PUBLISH {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no tick"))??;
+    let _ = stream.write_all(&[0xE0, 0]).await; // DISCONNECT
+    Ok(())
 }
 
 async fn raw_subscriber(
