@@ -31,4 +31,4 @@ pub use gap::{BadGap, Gap, GapReason};
 pub use node::{NodeRole, NodeState};
 pub use price::{Price, PriceError};
 pub use time::{Interval, Timedate, TimedateError};
-pub use wire::{Tick, WireError};
+pub use wire::{Tick, WireError, write_wire_from_text};

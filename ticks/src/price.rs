@@ -66,6 +66,34 @@ impl Price {
         }
     }
 
+    /// Whether `text` is exactly what some price prints (what [`Display`](fmt::Display) and
+    /// [`Price::write_to`] write), so that it can be copied as the price's text without parsing:
+    /// `text.parse::<Price>()` then succeeds and prints `text` again. Decided without allocating.
+    pub fn is_printed_form(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        let (int, frac) = match bytes.iter().position(|&b| b == b'.') {
+            Some(dot) => (&bytes[..dot], Some(&bytes[dot + 1..])),
+            None => (bytes, None),
+        };
+        let digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
+        if !digits(int) || (int.len() > 1 && int[0] == b'0') {
+            return false;
+        }
+        let frac = match frac {
+            // Printed without trailing zeros, and only when there is a fraction at all.
+            Some(frac) if digits(frac) && frac.last() != Some(&b'0') => frac,
+            Some(_) => return false,
+            None => &[],
+        };
+        let significant = if int == b"0" {
+            frac.iter().skip_while(|&&b| b == b'0').count()
+        } else {
+            int.len() + frac.len()
+        };
+        // Zero is not a price; past MAX_DIGITS it is not one either (see `from_str`).
+        significant > 0 && significant <= MAX_DIGITS && frac.len() <= MAX_DIGITS
+    }
+
     /// Builds a price from a mantissa and a count of fraction digits (`(970015, 1)` is `97001.5`).
     pub fn from_parts(mantissa: u64, scale: u8) -> Result<Price, PriceError> {
         format_parts(mantissa, scale).parse()
@@ -316,6 +344,86 @@ mod tests {
             price.write_to(&mut out);
             assert_eq!(String::from_utf8(out).unwrap(), price.to_string());
         }
+    }
+
+    /// The printed form is recognised exactly: a text passes if and only if parsing it and
+    /// printing the price gives the text back.
+    #[test]
+    fn the_printed_form_is_exactly_what_prints_back() {
+        let by_parsing = |s: &str| s.parse::<Price>().is_ok_and(|p| p.to_string() == s);
+        let mut cases: Vec<String> = [
+            "97001.5",
+            "1",
+            "0.005",
+            "10",
+            "60000",
+            "100.01",
+            "0.000123",
+            "999999999999999999",
+            "0",
+            "0.0",
+            "00",
+            "01",
+            "1.",
+            ".5",
+            "1.50",
+            "1.0",
+            "-1",
+            "+1",
+            "1e3",
+            "1E3",
+            "NaN",
+            "",
+            ".",
+            "0.",
+            "0.10",
+            "1..2",
+            "1.2.3",
+            " 1",
+            "1 ",
+            "1000000000000000000",
+            "0.000000000000000001",
+            "0.0000000000000000001",
+            "123456789.123456789",
+            "12345678.123456789",
+            "٣",
+            "1\u{0}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let alphabet = b"0123456789.-+eE";
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let len = (next() % 22) as usize;
+            let text: String = (0..len)
+                .map(|_| {
+                    // Mostly digits, so that long valid texts are common too.
+                    let r = next() % 100;
+                    if r < 85 {
+                        char::from(b'0' + (r % 10) as u8)
+                    } else {
+                        char::from(alphabet[(r % alphabet.len() as u64) as usize])
+                    }
+                })
+                .collect();
+            cases.push(text);
+            let mantissa = next() % 10_u64.pow((next() % 19) as u32).max(1) + 1;
+            let scale = (next() % 20) as u8;
+            if let Ok(price) = Price::from_parts(mantissa, scale) {
+                cases.push(price.to_string());
+            }
+        }
+        for case in &cases {
+            assert_eq!(Price::is_printed_form(case), by_parsing(case), "{case:?}");
+        }
+        assert!(cases.iter().filter(|c| by_parsing(c)).count() > 100_000);
     }
 
     #[test]

@@ -119,28 +119,27 @@ impl Timedate {
             in_day / 1000 % 60,
             in_day % 1000,
         );
-        let two = |out: &mut Vec<u8>, v: i64| {
-            out.push(b'0' + (v / 10) as u8);
-            out.push(b'0' + (v % 10) as u8);
+        // Filled in place and appended at once: one capacity check, not one per byte.
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let two = |text: &mut [u8; 24], at: usize, v: i64| {
+            text[at] = b'0' + (v / 10) as u8;
+            text[at + 1] = b'0' + (v % 10) as u8;
         };
-        two(out, year / 100);
-        two(out, year % 100);
-        out.push(b'-');
-        two(out, month);
-        out.push(b'-');
-        two(out, day);
-        out.push(b'T');
-        two(out, h);
-        out.push(b':');
-        two(out, m);
-        out.push(b':');
-        two(out, s);
+        two(&mut text, 0, year / 100);
+        two(&mut text, 2, year % 100);
+        two(&mut text, 5, month);
+        two(&mut text, 8, day);
+        two(&mut text, 11, h);
+        two(&mut text, 14, m);
+        two(&mut text, 17, s);
         if milli != 0 {
-            out.push(b'.');
-            out.push(b'0' + (milli / 100) as u8);
-            two(out, milli % 100);
+            text[20] = b'0' + (milli / 100) as u8;
+            two(&mut text, 21, milli % 100);
+            out.extend_from_slice(&text);
+        } else {
+            text[19] = b'Z';
+            out.extend_from_slice(&text[..20]);
         }
-        out.push(b'Z');
     }
 }
 

@@ -48,13 +48,9 @@ impl Tick {
     }
 
     /// Appends the exact JSON object of this tick: `{"timedate":"…","price":…}`. The MQTT payload
-    /// and every tick in a history answer are written by this.
+    /// and every tick in a history answer are written by this or by [`write_wire_from_text`].
     pub fn write_wire(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(br#"{"timedate":""#);
-        self.timedate.write_to(out);
-        out.extend_from_slice(br#"","price":"#);
-        self.price.write_to(out);
-        out.push(b'}');
+        write_object(out, self.timedate, |out| self.price.write_to(out));
     }
 
     /// The exact MQTT payload: `{"timedate":"…","price":…}`.
@@ -80,6 +76,32 @@ impl Tick {
     pub fn line(&self) -> String {
         format!("{} {}", self.topic(), self.payload())
     }
+}
+
+/// Appends the JSON object of the tick at `timedate` whose price is the decimal `price`: the bytes
+/// [`Tick::write_wire`] writes for that tick. A price already in its printed form (as the store
+/// keeps it) is copied as it is, without being parsed and printed again; any other text is parsed,
+/// so a price that is not one is an error and nothing is appended.
+pub fn write_wire_from_text(
+    out: &mut Vec<u8>,
+    timedate: Timedate,
+    price: &str,
+) -> Result<(), crate::PriceError> {
+    if Price::is_printed_form(price) {
+        write_object(out, timedate, |out| out.extend_from_slice(price.as_bytes()));
+    } else {
+        let price: Price = price.parse()?;
+        write_object(out, timedate, |out| price.write_to(out));
+    }
+    Ok(())
+}
+
+fn write_object(out: &mut Vec<u8>, timedate: Timedate, price: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(br#"{"timedate":""#);
+    timedate.write_to(out);
+    out.extend_from_slice(br#"","price":"#);
+    price(out);
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -118,6 +140,37 @@ mod tests {
                 price: p.parse().unwrap(),
             };
             assert_eq!(serde_json::to_string(&tick.wire()).unwrap(), tick.payload());
+        }
+    }
+
+    #[test]
+    fn the_wire_from_a_price_text_is_the_ticks_wire() {
+        let timedate: Timedate = "2026-11-24T01:40:05Z".parse().unwrap();
+        for text in [
+            "97001.5",
+            "97001.50",
+            "9.70015e4",
+            "1",
+            "0.005",
+            "60000",
+            "1E+3",
+        ] {
+            let tick = Tick {
+                currency: Currency::USD,
+                timedate,
+                price: text.parse().unwrap(),
+            };
+            let mut out = vec![b'x'];
+            write_wire_from_text(&mut out, timedate, text).unwrap();
+            assert_eq!(&out[1..], tick.payload().as_bytes(), "{text}");
+        }
+        for bad in ["NaN", "-1", "0", "", "1,5"] {
+            let mut out = vec![b'x'];
+            assert!(
+                write_wire_from_text(&mut out, timedate, bad).is_err(),
+                "{bad}"
+            );
+            assert_eq!(out, b"x", "nothing is appended for {bad:?}");
         }
     }
 
