@@ -60,9 +60,10 @@ impl Connections {
     pub(crate) fn version(&self) -> Result<StoreVersion, StoreError> {
         let own_commits = self.own_commits.load(Ordering::Acquire);
         let data_version = match &self.watcher {
-            Some(watcher) => {
-                lock(watcher).pragma_query_value(None, "data_version", |r| r.get(0))?
-            }
+            // Prepared once per connection: this runs on every history request.
+            Some(watcher) => lock(watcher)
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?,
             None => 0,
         };
         Ok(StoreVersion {

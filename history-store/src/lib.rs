@@ -13,6 +13,7 @@
 //! - [`snapshot`]: [`Snapshot`], every read, inside one read transaction.
 //! - `write`: every write: ticks, gaps, a [`Stretch`] filled from a peer, the feed's settings.
 //! - `stretch`, `feed_info`: [`Stretch`] and [`FeedInfo`], what those writes take.
+//! - `wire_ticks`: [`WireTicks`], ticks read straight into their wire bytes.
 //! - [`error`]: [`StoreError`], why the store could not do what was asked.
 
 mod connections;
@@ -22,6 +23,7 @@ mod schema;
 pub mod snapshot;
 mod stretch;
 pub mod version;
+mod wire_ticks;
 mod write;
 
 use std::path::Path;
@@ -32,9 +34,10 @@ use ticks::{Currency, Gap, GapReason, Interval, Tick, Timedate};
 use crate::connections::Connections;
 pub use crate::error::StoreError;
 pub use crate::feed_info::FeedInfo;
-pub use crate::snapshot::Snapshot;
+pub use crate::snapshot::{Snapshot, StoreChanges};
 pub use crate::stretch::Stretch;
 pub use crate::version::StoreVersion;
+pub use crate::wire_ticks::WireTicks;
 
 /// The ticks and gaps of the feed, in SQLite. Cheap to clone; the async methods run the blocking
 /// SQLite work on tokio's blocking pool.

@@ -9,6 +9,13 @@
 //! - `gaps(currency, start_ts, end_ts, reason)`: slots `[start_ts, end_ts)` that got no tick.
 //! - `feed_info(key, value)`: how the publisher writing the file runs (interval, demo).
 //!
+//! - `store_changes(rewrites, gap_writes)`: counts kept by SQLite triggers. `rewrites` grows by
+//!   one for every tick deleted or changed and for every tick stored before a newer tick of its
+//!   currency: every change to the ticks that is not an append. `gap_writes` grows with every gap
+//!   written. Readers that keep encoded ticks and gaps in memory (the history API) know from them
+//!   that what they hold is still exactly what the store holds. Not a numbered migration but
+//!   created at open when missing (see [`COMPATIBLE`]).
+//!
 //! Durability: WAL with `synchronous=FULL`. A tick is committed (fsynced) before it is published, so
 //! a published tick survives a killed process and a power cut; the cost is one fsync per slot.
 //! Several processes may open the file (the publisher writes, a separate `history-api` reads): WAL
@@ -46,6 +53,48 @@ const MIGRATIONS: &[&str] = &[
          key   TEXT PRIMARY KEY,
          value TEXT NOT NULL
      ) WITHOUT ROWID;",
+];
+
+/// Additions an older binary runs with unchanged, created at open when missing instead of as a
+/// numbered migration, which would make every older binary refuse the file (`TooNew`) for nothing:
+/// it never reads the table, and as the triggers are SQLite's they keep counting for its writes
+/// too (and for any other program's), so the count stays true across a downgrade and back.
+const COMPATIBLE: &str = "
+    CREATE TABLE IF NOT EXISTS store_changes (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        rewrites   INTEGER NOT NULL,
+        gap_writes INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO store_changes (id, rewrites, gap_writes) VALUES (1, 0, 0);
+    CREATE TRIGGER IF NOT EXISTS ticks_deleted AFTER DELETE ON ticks BEGIN
+        UPDATE store_changes SET rewrites = rewrites + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER IF NOT EXISTS ticks_changed AFTER UPDATE ON ticks BEGIN
+        UPDATE store_changes SET rewrites = rewrites + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER IF NOT EXISTS ticks_stored_before_newer AFTER INSERT ON ticks
+    WHEN EXISTS (SELECT 1 FROM ticks WHERE currency = NEW.currency AND ts > NEW.ts) BEGIN
+        UPDATE store_changes SET rewrites = rewrites + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER IF NOT EXISTS gaps_inserted AFTER INSERT ON gaps BEGIN
+        UPDATE store_changes SET gap_writes = gap_writes + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER IF NOT EXISTS gaps_changed AFTER UPDATE ON gaps BEGIN
+        UPDATE store_changes SET gap_writes = gap_writes + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER IF NOT EXISTS gaps_deleted AFTER DELETE ON gaps BEGIN
+        UPDATE store_changes SET gap_writes = gap_writes + 1 WHERE id = 1;
+    END;";
+
+/// The names [`COMPATIBLE`] creates, to tell whether a file has them all.
+const COMPATIBLE_NAMES: [&str; 7] = [
+    "store_changes",
+    "ticks_deleted",
+    "ticks_changed",
+    "ticks_stored_before_newer",
+    "gaps_inserted",
+    "gaps_changed",
+    "gaps_deleted",
 ];
 
 /// Opens (creating if needed) the file at `path` for writing, in WAL mode, with its schema
@@ -103,6 +152,18 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         .inspect_err(|_| {
             let _ = conn.execute_batch("ROLLBACK");
         })?;
+    }
+    // Only when something is missing: opening an up-to-date file takes no write lock.
+    let present: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name IN (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        COMPATIBLE_NAMES,
+        |r| r.get(0),
+    )?;
+    if present < COMPATIBLE_NAMES.len() as i64 {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {COMPATIBLE} COMMIT;"))
+            .inspect_err(|_| {
+                let _ = conn.execute_batch("ROLLBACK");
+            })?;
     }
     Ok(())
 }

@@ -533,3 +533,327 @@ async fn unreadable_rows_are_reported_not_served() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
 }
+
+async fn rewrites(store: &HistoryStore) -> u64 {
+    store.read(|s| s.changes()).await.unwrap().rewrites
+}
+
+async fn gap_writes(store: &HistoryStore) -> u64 {
+    store.read(|s| s.changes()).await.unwrap().gap_writes
+}
+
+/// A store written before the change count existed (schema version 2, exactly as that version
+/// created it) gains the count when opened, keeps its ticks and version number, and a second open
+/// of the up-to-date file writes nothing.
+#[tokio::test]
+async fn an_older_store_gains_the_change_count_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("feed.db");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE ticks (
+                 currency INTEGER NOT NULL,
+                 ts       INTEGER NOT NULL,
+                 price    TEXT    NOT NULL,
+                 PRIMARY KEY (currency, ts)
+             ) WITHOUT ROWID;
+             CREATE TABLE gaps (
+                 currency INTEGER NOT NULL,
+                 start_ts INTEGER NOT NULL,
+                 end_ts   INTEGER NOT NULL,
+                 reason   TEXT    NOT NULL,
+                 PRIMARY KEY (currency, start_ts)
+             ) WITHOUT ROWID;
+             CREATE TABLE feed_info (
+                 key   TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 2;
+             INSERT INTO ticks VALUES (840, 1795484400000, '97001.5'), (840, 1795484405000, '97002');",
+        )
+        .unwrap();
+    }
+    let store = HistoryStore::open(&path).unwrap();
+    assert_eq!(rewrites(&store).await, 0);
+    let usd = store
+        .read(|s| s.ticks_since(Currency::USD, Timedate::EPOCH, 10))
+        .await
+        .unwrap();
+    assert_eq!(usd.len(), 2);
+    assert_eq!(usd[1].price.to_string(), "97002");
+    let user_version: i64 = Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        user_version, 2,
+        "no numbered migration: older binaries still open it"
+    );
+
+    // The triggers count from now on, for this store and for any other program writing the file.
+    store
+        .insert_tick(tick(Currency::USD, "2026-11-24T01:40:10Z", "97003"))
+        .await
+        .unwrap();
+    assert_eq!(rewrites(&store).await, 0, "an append is not a rewrite");
+    Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO ticks VALUES (840, 1795484395000, '97000')", [])
+        .unwrap();
+    assert_eq!(
+        rewrites(&store).await,
+        1,
+        "another program stored an older tick"
+    );
+
+    let before = store.version().unwrap();
+    let again = HistoryStore::open(&path).unwrap();
+    assert_eq!(
+        store.version().unwrap(),
+        before,
+        "opening an up-to-date file commits nothing"
+    );
+    assert_eq!(rewrites(&again).await, 1);
+}
+
+/// Only appends at each currency's newest tick leave the count alone; every other change to the
+/// ticks, through the store or around it, moves it.
+#[tokio::test]
+async fn the_change_count_moves_for_everything_but_appends() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let usd = |t: &str, p: &str| tick(Currency::USD, t, p);
+    let eur = |t: &str, p: &str| tick(Currency::EUR, t, p);
+    store
+        .insert_ticks(vec![
+            usd("2026-11-24T00:00:00Z", "1"),
+            usd("2026-11-24T00:00:10Z", "2"),
+        ])
+        .await
+        .unwrap();
+    // EUR's first tick is older than USD's newest: still an append for EUR.
+    store
+        .insert_tick(eur("2026-11-24T00:00:05Z", "3"))
+        .await
+        .unwrap();
+    // A replayed tick is ignored, not stored.
+    store
+        .insert_tick(usd("2026-11-24T00:00:10Z", "9"))
+        .await
+        .unwrap();
+    store
+        .record_gap(Gap {
+            currency: Currency::USD,
+            from: at("2026-11-24T00:00:15Z"),
+            until: at("2026-11-24T00:00:25Z"),
+            reason: GapReason::SourcesUnavailable,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rewrites(&store).await, 0);
+    assert_eq!(gap_writes(&store).await, 1, "a gap recorded");
+
+    store
+        .insert_tick(usd("2026-11-24T00:00:05Z", "4"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rewrites(&store).await,
+        1,
+        "a tick stored before a newer one"
+    );
+    store
+        .tamper_blocking(|c| c.execute("UPDATE ticks SET price = '5' WHERE price = '4'", []))
+        .unwrap();
+    assert_eq!(rewrites(&store).await, 2, "a changed tick");
+    store
+        .tamper_blocking(|c| c.execute("DELETE FROM ticks WHERE price = '5'", []))
+        .unwrap();
+    assert_eq!(rewrites(&store).await, 3, "a deleted tick");
+    // A catch-up from a peer replaces our newest tick with the peer's.
+    store
+        .fill(Stretch {
+            currency: Currency::USD,
+            from: at("2026-11-24T00:00:10Z"),
+            until: at("2026-11-24T00:00:20Z"),
+            ticks: vec![
+                usd("2026-11-24T00:00:10Z", "2.5"),
+                usd("2026-11-24T00:00:15Z", "6"),
+            ],
+            gaps: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        rewrites(&store).await > 3,
+        "a stretch filled over our newest tick"
+    );
+    assert!(gap_writes(&store).await > 1, "the stretch cut our gap");
+    let filled = gap_writes(&store).await;
+    // A gap growing, as it does every slot of an outage.
+    store
+        .record_gap(Gap {
+            currency: Currency::USD,
+            from: at("2026-11-24T00:00:25Z"),
+            until: at("2026-11-24T00:00:30Z"),
+            reason: GapReason::SourcesUnavailable,
+        })
+        .await
+        .unwrap();
+    assert!(gap_writes(&store).await > filled, "a gap grown");
+    let grown = gap_writes(&store).await;
+    store
+        .tamper_blocking(|c| c.execute("DELETE FROM gaps", []))
+        .unwrap();
+    assert!(gap_writes(&store).await > grown, "a gap deleted");
+}
+
+/// A store of both currencies with holes, prices of every printed shape, and two rows written
+/// by another program: one price not in its printed form, which reads as its printed form.
+async fn store_for_wire_reads() -> HistoryStore {
+    let store = HistoryStore::open_in_memory().unwrap();
+    let prices = ["97001.5", "1", "0.005", "60000", "123456.78"];
+    let mut ticks = Vec::new();
+    for slot in 0..300i64 {
+        let t = Timedate::from_unix_millis(1_795_484_400_000 + slot * 5000).unwrap();
+        for (k, currency) in Currency::ALL.into_iter().enumerate() {
+            if (slot + k as i64) % 7 != 3 && !(100..140).contains(&(slot + 30 * k as i64)) {
+                ticks.push(Tick {
+                    currency,
+                    timedate: t,
+                    price: prices[(slot as usize + k) % prices.len()].parse().unwrap(),
+                });
+            }
+        }
+    }
+    store.insert_ticks(ticks).await.unwrap();
+    store
+        .tamper_blocking(|c| {
+            c.execute(
+                "UPDATE ticks SET price = '97001.50' WHERE currency = 840 AND ts = ?1",
+                [1_795_484_400_000i64],
+            )
+        })
+        .unwrap();
+    store
+}
+
+fn joined(ticks: &[Tick]) -> String {
+    ticks
+        .iter()
+        .map(Tick::payload)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn run_text(wire: &WireTicks) -> String {
+    String::from_utf8(wire.run(0, wire.len()).to_vec()).unwrap()
+}
+
+/// The reads into wire bytes return, byte for byte, the payloads of the ticks the decoding reads
+/// return: from any start, with any limit or end, the newest ones, and merged across currencies.
+#[tokio::test]
+async fn wire_reads_are_the_payloads_of_the_tick_reads() {
+    let store = store_for_wire_reads().await;
+    store
+        .read(|s| {
+            let base = 1_795_484_400_000i64;
+            let mut merged_cases = 0;
+            for offset in (-5000..1_600_000).step_by(2500) {
+                let from = Timedate::from_unix_millis(base + offset).unwrap();
+                for limit in [0, 1, 2, 7, 150, 1000] {
+                    for currency in Currency::ALL {
+                        let ticks = s.ticks_since(currency, from, limit)?;
+                        let wire = s.wire_ticks(currency, from, None, limit)?;
+                        assert_eq!(run_text(&wire), joined(&ticks));
+                        let times: Vec<Timedate> = ticks.iter().map(|t| t.timedate).collect();
+                        assert_eq!(wire.times(), times.as_slice());
+                        let until = Timedate::from_unix_millis(base + offset + 60_000).unwrap();
+                        let bounded: Vec<Tick> = ticks
+                            .iter()
+                            .filter(|t| t.timedate < until)
+                            .copied()
+                            .collect();
+                        let wire = s.wire_ticks(currency, from, Some(until), limit)?;
+                        assert_eq!(run_text(&wire), joined(&bounded));
+                        let newest = s.newest_ticks(currency, limit)?;
+                        assert_eq!(
+                            run_text(&s.newest_wire_ticks(currency, limit)?),
+                            joined(&newest)
+                        );
+                        let all_since = s.ticks_since(currency, from, usize::MAX)?;
+                        let newest_since = &all_since[all_since.len().saturating_sub(limit)..];
+                        let wire = s.newest_wire_ticks_since(currency, from, limit)?;
+                        assert_eq!(run_text(&wire), joined(newest_since));
+                    }
+                    // USD from `from`, EUR from a little later: the merge takes the first
+                    // `limit` by time, USD first at equal times.
+                    let later = Timedate::from_unix_millis(base + offset + 7500).unwrap();
+                    let starts = [(Currency::USD, from), (Currency::EUR, later)];
+                    let lists = [
+                        s.ticks_since(Currency::USD, from, limit)?,
+                        s.ticks_since(Currency::EUR, later, limit)?,
+                    ];
+                    let mut expected = [Vec::new(), Vec::new()];
+                    let mut taken = [0, 0];
+                    for _ in 0..limit {
+                        let next = (0..2)
+                            .filter_map(|i| lists[i].get(taken[i]).map(|t| (t.timedate, i)))
+                            .min();
+                        let Some((_, i)) = next else { break };
+                        expected[i].push(lists[i][taken[i]]);
+                        taken[i] += 1;
+                    }
+                    let merged = s.merged_wire_ticks(&starts, limit)?;
+                    for i in 0..2 {
+                        assert_eq!(
+                            run_text(&merged[i]),
+                            joined(&expected[i]),
+                            "{offset} {limit}"
+                        );
+                    }
+                    let one = s.merged_wire_ticks(&starts[1..], limit)?;
+                    assert_eq!(run_text(&one[0]), joined(&lists[1]));
+                    merged_cases += usize::from(!expected[0].is_empty() && !expected[1].is_empty());
+                }
+            }
+            assert!(merged_cases > 1000, "{merged_cases}");
+            // The row another program wrote reads in its printed form.
+            let first = s.wire_ticks(Currency::USD, Timedate::EPOCH, None, 1)?;
+            assert!(
+                run_text(&first).ends_with(r#""price":97001.5}"#),
+                "{}",
+                run_text(&first)
+            );
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unreadable_rows_are_reported_by_the_wire_reads_too() {
+    let store = HistoryStore::open_in_memory().unwrap();
+    store
+        .tamper_blocking(|conn| conn.execute("INSERT INTO ticks VALUES (840, 0, 'NaN')", []))
+        .unwrap();
+    store
+        .tamper_blocking(|conn| conn.execute("INSERT INTO ticks VALUES (978, -5, '1')", []))
+        .unwrap();
+    let errors = store
+        .read(|s| {
+            Ok([
+                s.wire_ticks(Currency::USD, Timedate::EPOCH, None, 10).err(),
+                s.newest_wire_ticks(Currency::USD, 10).err(),
+                s.newest_wire_ticks(Currency::EUR, 10).err(),
+                s.merged_wire_ticks(&[(Currency::USD, Timedate::EPOCH)], 10)
+                    .err(),
+            ])
+        })
+        .await
+        .unwrap();
+    for error in errors {
+        assert!(matches!(error, Some(StoreError::Corrupt(_))), "{error:?}");
+    }
+}
