@@ -31,27 +31,33 @@ pub(crate) struct AnswerCache {
 }
 
 impl AnswerCache {
-    /// The answer to `query` computed at `version`, if kept.
+    /// The answer to `query` computed at `version`, if kept. An answer asked for again is kept
+    /// joined into one piece from then on: hyper writes one piece at once, while pieces are
+    /// flushed 16 KB at a time (several writes), so a copy pays once an answer is asked twice.
     pub(crate) fn get(&self, query: &TicksQuery, version: StoreVersion) -> Option<Answer> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(&key(query))
-            .filter(|(v, _)| *v == version)
-            .map(|(_, answer)| answer.clone())
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, answer) = entries
+            .get_mut(&key(query))
+            .filter(|(v, _)| *v == version)?;
+        if answer.body.len() > 1 {
+            answer.body = [answer.joined()].into();
+        }
+        Some(answer.clone())
     }
 
     /// Keeps the answer to `query` computed at `version`, unless it is large.
     pub(crate) fn put(&self, query: &TicksQuery, version: StoreVersion, answer: Answer) {
-        if answer.body.len() > CACHE_MAX_BYTES {
+        if answer.len > CACHE_MAX_BYTES {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        // Entries of an older version are dead; drop them all when full rather than track age.
-        if entries.len() >= CACHE_ENTRIES {
+        // Entries of another version are dead, and would keep the copy of the tail their answers
+        // share memory with: drop them at once. When full, drop all rather than track age.
+        if entries.values().next().is_some_and(|(v, _)| *v != version) {
             entries.retain(|_, (v, _)| *v == version);
-            if entries.len() >= CACHE_ENTRIES {
-                entries.clear();
-            }
+        }
+        if entries.len() >= CACHE_ENTRIES {
+            entries.clear();
         }
         entries.insert(key(query), (version, answer));
     }

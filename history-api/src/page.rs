@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ticks::Timedate;
 
-use crate::answer::{Answer, encode};
+use crate::answer::{Answer, Assembled};
 use crate::conditional;
 use crate::error::ApiError;
 use crate::metrics::AnswerSource;
@@ -40,13 +40,53 @@ pub(crate) async fn ticks(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     )];
-    Ok((content_type, headers_out, answer.body).into_response())
+    let body = Body::new(PiecesBody {
+        left: answer.len as u64,
+        pieces: answer.body,
+        next: 0,
+    });
+    Ok((content_type, headers_out, body).into_response())
+}
+
+/// A body sent in its pieces as they are: hyper writes them out (vectored) without joining them,
+/// and the exact length makes it a `Content-Length` body, as one piece would.
+struct PiecesBody {
+    pieces: Arc<[Bytes]>,
+    next: usize,
+    /// Bytes not yet sent.
+    left: u64,
+}
+
+impl HttpBody for PiecesBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let body = &mut *self;
+        let piece = body.pieces.get(body.next).cloned();
+        if let Some(piece) = &piece {
+            body.next += 1;
+            body.left -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(piece.map(|piece| Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next == self.pieces.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// The JSON body `GET /v1/ticks` answers `query` with, from the same cache, tail and store: for
 /// transports other than HTTP (gRPC's `History`), so that their answers are this one's.
 pub async fn ticks_json(state: &ApiState, query: &TicksQuery) -> Result<Bytes, ApiError> {
-    answer(state, query).await.map(|answer| answer.body)
+    answer(state, query).await.map(|answer| answer.joined())
 }
 
 /// The answer from the cache, else computed (and then cached if the history is final).
@@ -81,26 +121,22 @@ async fn compute(
     version: history_store::StoreVersion,
     history_final: bool,
 ) -> Result<Answer, ApiError> {
-    let recent = state.tail.at(version);
-    let encoded = match &recent {
+    let finish = |page: Assembled<'_>| {
+        let closed = history_final && page.closed();
+        Answer::encode(query, &page, &state.feed, closed)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    match state.tail.at(version) {
         Some(recent) if recent.covers(query) => {
             state.metrics.history_answer(AnswerSource::Memory);
-            let page = recent.assemble(query);
-            let closed = history_final && page.closed();
-            encode(query, &page, &state.feed, closed).map(|body| Answer::new(body, closed))
+            return finish(recent.assemble(query));
         }
-        _ => {
-            if recent.is_none() {
-                state.tail.refresh(state.store.clone(), version);
-            }
-            state.metrics.history_answer(AnswerSource::Store);
-            let stored = StoredPage::read(&state.store, query)
-                .await
-                .map_err(ApiError::StoreUnavailable)?;
-            let page = stored.assemble();
-            let closed = history_final && page.closed();
-            encode(query, &page, &state.feed, closed).map(|body| Answer::new(body, closed))
-        }
-    };
-    encoded.map_err(|e| ApiError::Internal(e.to_string()))
+        Some(_) => {}
+        None => state.tail.refresh(state.store.clone(), version),
+    }
+    state.metrics.history_answer(AnswerSource::Store);
+    let stored = StoredPage::read(&state.store, query)
+        .await
+        .map_err(ApiError::StoreUnavailable)?;
+    finish(stored.assemble())
 }

@@ -250,6 +250,10 @@ pub async fn serve_router(
             drop(stream);
             continue;
         };
+        // An answer goes out in several writes (hyper flushes each 16 KB it queues, see
+        // `max_buf_size`): without this, the last short write of an answer waits for the client's
+        // delayed ACK of the one before, 40 ms on Linux.
+        let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(Peer(peer));

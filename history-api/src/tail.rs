@@ -2,28 +2,38 @@
 //!
 //! Nearly every history question is about the recent past: a client that was away for seconds,
 //! minutes or hours asks for everything since. Read from SQLite, such an answer costs a few hundred
-//! nanoseconds per tick (the b-tree, then decoding and re-encoding every row); served from here it
-//! costs a binary search and one copy of bytes per currency. [`Recent`] holds, per currency, the
-//! newest [`TAIL_TICKS`] ticks as the exact bytes of their wire objects, joined by commas, with the
-//! bounds and gaps an answer reports, all read in one SQLite transaction and tagged with the
-//! store's version at that moment.
+//! nanoseconds per tick (the b-tree, then each row into its wire bytes); served from here it costs
+//! a binary search and one copy of bytes per currency. [`Recent`] holds, per currency, the newest
+//! [`TAIL_TICKS`] ticks as the exact bytes of their wire objects, joined by commas, with the bounds
+//! and the gaps an answer reports, all read in one SQLite transaction and tagged with the store's
+//! version at that moment.
 //!
 //! It is a copy, never the authority: an answer comes from here only if the copy's version is the
 //! store's current one (so it holds every committed tick) and the question starts inside what the
 //! copy covers. Otherwise the answer is read from SQLite as before, and a refresh of the copy is
 //! started in the background, one at a time. Nothing is read while no one asks.
+//!
+//! A refresh reads only what changed: while the store's count of rewrites
+//! ([`StoreChanges`]) is the one the previous copy was read at, every commit since only appended
+//! ticks, so the new copy is the previous one plus the ticks after its newest, trimmed to
+//! [`TAIL_TICKS`]; the gaps are read again only if their own count moved. Any other change (a tick
+//! replaced by a catch-up from a peer, one stored late, an edit by hand) reads the whole tail again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use history_store::{HistoryStore, Snapshot, StoreError, StoreVersion};
+use history_store::{HistoryStore, Snapshot, StoreChanges, StoreError, StoreVersion, WireTicks};
 use ticks::{Currency, Gap, Timedate};
 
-use crate::answer::{Assembled, Run, cut, first_time};
+use crate::answer::{Assembled, HeldTicks, Piece, cut, first_time};
 use crate::query::TicksQuery;
 
 /// Ticks per currency held in memory: a day and a bit at the 5 s interval, about 1 MB each.
 pub(crate) const TAIL_TICKS: usize = 20_000;
+
+/// Gaps held with the tail: all of the store's (read again only when the store wrote a gap),
+/// unless there are more than this; then only those the tail's ticks reach.
+const GAPS_HELD: u64 = 10_000;
 
 /// The newest copy of the tail, and whether a refresh is running.
 #[derive(Default)]
@@ -59,6 +69,11 @@ impl Tail {
         }
         self.reads.fetch_add(1, Ordering::Relaxed);
         let tail = self.clone();
+        let previous = tail
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         tokio::task::spawn_blocking(move || {
             // Cleared however this ends, so one failure does not stop every later refresh.
             struct Done<'a>(&'a AtomicBool);
@@ -69,14 +84,19 @@ impl Tail {
             }
             let _done = Done(&tail.refreshing);
             let started = std::time::Instant::now();
-            match Recent::read_blocking(&store, TAIL_TICKS) {
+            let read = match &previous {
+                Some(previous) => previous.follow_blocking(&store, TAIL_TICKS),
+                None => Recent::read_blocking(&store, TAIL_TICKS),
+            };
+            match read {
                 Ok(recent) => {
                     tracing::debug!(
                         ticks = recent
                             .currencies
                             .iter()
-                            .map(|c| c.times.len())
+                            .map(|c| c.ticks.len())
                             .sum::<usize>(),
+                        whole = recent.whole,
                         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                         "recent ticks read into memory"
                     );
@@ -102,38 +122,56 @@ impl Tail {
 /// The tail of the store at one version.
 pub(crate) struct Recent {
     version: StoreVersion,
+    /// The store's change counts in the same transaction.
+    changes: StoreChanges,
     /// In [`Currency::ALL`] order.
     currencies: Vec<RecentTicks>,
-    /// Every gap of any currency that ends after `gaps_from`, ordered as SQLite orders them.
-    gaps: Vec<Gap>,
+    /// Every gap of any currency that ends after `gaps_from`, ordered as SQLite orders them;
+    /// shared with the next copy while no gap is written.
+    gaps: Arc<Vec<Gap>>,
+    /// `EPOCH` while every gap is held.
     gaps_from: Timedate,
+    /// Read whole, not followed from the previous copy: for the log.
+    whole: bool,
 }
 
-struct RecentTicks {
+pub(crate) struct RecentTicks {
     currency: Currency,
-    /// Every stored tick of this currency at or after this time is in `times`.
+    /// Every stored tick of this currency at or after this time is in `ticks`.
     covered_from: Timedate,
     /// The oldest and newest stored tick's time, as the store had them.
     bounds: Option<(Timedate, Timedate)>,
-    times: Vec<Timedate>,
-    /// The wire objects of the ticks, in order, joined by commas.
-    wire: Vec<u8>,
-    /// `wire[..ends[i]]` ends with tick `i`.
-    ends: Vec<usize>,
+    ticks: HeldTicks,
 }
 
 impl RecentTicks {
-    /// The bytes of ticks `from..from + n`, commas between them.
-    fn run(&self, from: usize, n: usize) -> &[u8] {
-        if n == 0 {
-            return &[];
-        }
-        let start = if from == 0 {
-            0
-        } else {
-            self.ends[from - 1] + 1
+    fn new(
+        snapshot: &Snapshot<'_>,
+        currency: Currency,
+        ticks: WireTicks,
+        size: usize,
+    ) -> Result<RecentTicks, StoreError> {
+        RecentTicks::held(snapshot, currency, HeldTicks::new(ticks), size)
+    }
+
+    fn held(
+        snapshot: &Snapshot<'_>,
+        currency: Currency,
+        ticks: HeldTicks,
+        size: usize,
+    ) -> Result<RecentTicks, StoreError> {
+        let covered_from = match ticks.times().first() {
+            Some(&first) if ticks.len() >= size => first,
+            _ => Timedate::EPOCH,
         };
-        &self.wire[start..self.ends[from + n - 1]]
+        Ok(RecentTicks {
+            currency,
+            covered_from,
+            bounds: snapshot
+                .bounds(currency)?
+                .map(|(oldest, newest)| (oldest.timedate, newest.timedate)),
+            ticks,
+        })
     }
 }
 
@@ -150,57 +188,122 @@ impl Recent {
         version: StoreVersion,
         size: usize,
     ) -> Result<Recent, StoreError> {
+        let changes = snapshot.changes()?;
         let mut currencies = Vec::with_capacity(Currency::ALL.len());
         for currency in Currency::ALL {
-            let ticks = snapshot.newest_ticks(currency, size)?;
-            let covered_from = match ticks.first() {
-                Some(first) if ticks.len() == size => first.timedate,
-                _ => Timedate::EPOCH,
-            };
-            let mut wire = Vec::with_capacity(ticks.len() * 56);
-            let mut ends = Vec::with_capacity(ticks.len());
-            for (i, tick) in ticks.iter().enumerate() {
-                if i > 0 {
-                    wire.push(b',');
-                }
-                tick.write_wire(&mut wire);
-                ends.push(wire.len());
-            }
-            currencies.push(RecentTicks {
-                currency,
-                covered_from,
-                bounds: snapshot
-                    .bounds(currency)?
-                    .map(|(oldest, newest)| (oldest.timedate, newest.timedate)),
-                times: ticks.iter().map(|t| t.timedate).collect(),
-                wire,
-                ends,
-            });
+            let ticks = snapshot.newest_wire_ticks(currency, size)?;
+            currencies.push(RecentTicks::new(snapshot, currency, ticks, size)?);
         }
-        let gaps_from = currencies
-            .iter()
-            .map(|c| c.covered_from)
-            .min()
-            .unwrap_or(Timedate::EPOCH);
-        let gaps = snapshot.gaps_overlapping(&Currency::ALL, gaps_from, None)?;
+        let (gaps, gaps_from) = Recent::read_gaps(snapshot, &currencies)?;
         Ok(Recent {
             version,
+            changes,
             currencies,
             gaps,
             gaps_from,
+            whole: true,
         })
     }
 
-    fn of(&self, currency: Currency) -> &RecentTicks {
+    /// Every gap if there are at most [`GAPS_HELD`], else those the tail's ticks reach.
+    fn read_gaps(
+        snapshot: &Snapshot<'_>,
+        currencies: &[RecentTicks],
+    ) -> Result<(Arc<Vec<Gap>>, Timedate), StoreError> {
+        let gaps_from = if snapshot.gap_count()? <= GAPS_HELD {
+            Timedate::EPOCH
+        } else {
+            currencies
+                .iter()
+                .map(|c| c.covered_from)
+                .min()
+                .unwrap_or(Timedate::EPOCH)
+        };
+        let gaps = snapshot.gaps_overlapping(&Currency::ALL, gaps_from, None)?;
+        Ok((Arc::new(gaps), gaps_from))
+    }
+
+    /// The copy of the store's current version, from this one: only the ticks after this copy's
+    /// newest are read while the store counts no rewrite since, and the gaps only if they were
+    /// written; otherwise the whole tail, as [`Recent::read_blocking`].
+    pub(crate) fn follow_blocking(
+        &self,
+        store: &HistoryStore,
+        size: usize,
+    ) -> Result<Recent, StoreError> {
+        let version = store.version()?;
+        store.read_blocking(|snapshot| {
+            let changes = snapshot.changes()?;
+            if changes.rewrites != self.changes.rewrites {
+                return Recent::read(snapshot, version, size);
+            }
+            let mut currencies = Vec::with_capacity(self.currencies.len());
+            for held in &self.currencies {
+                let newer = match held.ticks.times().last() {
+                    Some(newest) => match Timedate::from_unix_millis(newest.unix_millis() + 1) {
+                        Some(after) => {
+                            snapshot.newest_wire_ticks_since(held.currency, after, size)?
+                        }
+                        None => WireTicks::default(),
+                    },
+                    None => snapshot.newest_wire_ticks(held.currency, size)?,
+                };
+                let ticks = held.ticks.followed_by(&newer, size);
+                currencies.push(RecentTicks::held(snapshot, held.currency, ticks, size)?);
+            }
+            let (gaps, gaps_from) = if changes.gap_writes == self.changes.gap_writes
+                && self.gaps_from == Timedate::EPOCH
+            {
+                (self.gaps.clone(), Timedate::EPOCH)
+            } else {
+                Recent::read_gaps(snapshot, &currencies)?
+            };
+            Ok(Recent {
+                version,
+                changes,
+                currencies,
+                gaps,
+                gaps_from,
+                whole: false,
+            })
+        })
+    }
+
+    pub(crate) fn of(&self, currency: Currency) -> &RecentTicks {
         self.currencies
             .iter()
             .find(|c| c.currency == currency)
             .expect("the tail holds every currency")
     }
 
+    /// Whether the copy holds the gaps an answer starting at `start` reports.
+    pub(crate) fn holds_gaps_from(&self, start: Timedate) -> bool {
+        start >= self.gaps_from
+    }
+
+    /// The gaps of `currencies` that end after `start` and begin before `end` (no end: all), in
+    /// the store's order: what a page from `start` to `end` reports.
+    pub(crate) fn gaps(
+        &self,
+        currencies: &[Currency],
+        start: Timedate,
+        end: Option<Timedate>,
+    ) -> Vec<Gap> {
+        // Ordered by start: nothing from the first gap starting at or after `end` on.
+        let before_end = match end {
+            Some(end) => self.gaps.partition_point(|gap| gap.from < end),
+            None => self.gaps.len(),
+        };
+        self.gaps[..before_end]
+            .iter()
+            .filter(|gap| currencies.contains(&gap.currency) && gap.until > start)
+            .copied()
+            .collect()
+    }
+
     /// Whether the page this query asks for lies wholly inside the copy.
     pub(crate) fn covers(&self, query: &TicksQuery) -> bool {
-        query.start.time >= self.gaps_from
+        self.holds_gaps_from(query.start.time)
             && query.currencies.iter().all(|&currency| {
                 first_time(query.start, currency)
                     .is_none_or(|t| t >= self.of(currency).covered_from)
@@ -218,36 +321,34 @@ impl Recent {
             .iter()
             .map(|&currency| {
                 let recent = self.of(currency);
+                let times = recent.ticks.times();
                 let first = match first_time(*start, currency) {
-                    Some(t) => recent.times.partition_point(|&x| x < t),
-                    None => recent.times.len(),
+                    Some(t) => times.partition_point(|&x| x < t),
+                    None => times.len(),
                 };
                 (recent, first)
             })
             .collect();
         let lists: Vec<(Currency, &[Timedate])> = firsts
             .iter()
-            .map(|(recent, first)| (recent.currency, &recent.times[*first..]))
+            .map(|(recent, first)| (recent.currency, &recent.ticks.times()[*first..]))
             .collect();
         let (taken, next) = cut(&lists, |t| *t, *limit);
-        let gaps = self
-            .gaps
-            .iter()
-            .filter(|gap| {
-                currencies.contains(&gap.currency)
-                    && gap.until > start.time
-                    && next.is_none_or(|end| gap.from < end.time)
-            })
-            .copied()
-            .collect();
         Assembled {
             runs: firsts
                 .iter()
                 .zip(&taken)
-                .map(|((recent, first), &n)| (recent.currency, Run::Wire(recent.run(*first, n))))
+                .map(|((recent, first), &n)| {
+                    let piece = Piece {
+                        ticks: &recent.ticks,
+                        from: *first,
+                        n,
+                    };
+                    (recent.currency, vec![piece])
+                })
                 .collect(),
             bounds: firsts.iter().map(|(recent, _)| recent.bounds).collect(),
-            gaps,
+            gaps: self.gaps(currencies, start.time, next.map(|key| key.time)),
             next,
         }
     }
@@ -450,5 +551,151 @@ mod tests {
         let after = store.version().unwrap();
         assert_ne!(before, after);
         assert!(tail.at(after).is_none());
+    }
+
+    /// Every query the tests ask of a copy: start keys around every slot, every currency set,
+    /// limits that cut anywhere.
+    fn all_queries() -> Vec<TicksQuery> {
+        let sets = [
+            vec![Currency::USD],
+            vec![Currency::EUR],
+            vec![Currency::USD, Currency::EUR],
+        ];
+        let mut out = Vec::new();
+        for s in (-10..1100).step_by(5) {
+            for shift in [-1, 0, 1] {
+                let Some(time) = Timedate::from_unix_millis(at(s).unix_millis() + shift) else {
+                    continue;
+                };
+                for currency in Currency::ALL {
+                    for currencies in &sets {
+                        for limit in [1, 3, 50, 10_000] {
+                            out.push(TicksQuery {
+                                start: PageKey { time, currency },
+                                currencies: currencies.clone(),
+                                limit,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What a copy answers to every query it covers (`None` for the others): tag and body.
+    fn answers(recent: &Recent) -> Vec<Option<String>> {
+        all_queries()
+            .iter()
+            .map(|query| {
+                recent.covers(query).then(|| {
+                    let page = recent.assemble(query);
+                    let answer =
+                        crate::answer::Answer::encode(query, &page, &FEED, page.closed()).unwrap();
+                    let body = String::from_utf8(answer.joined().to_vec()).unwrap();
+                    format!("{:?} {body}", answer.etag)
+                })
+            })
+            .collect()
+    }
+
+    /// After commits that only append ticks (and write gaps), the copy followed from the previous
+    /// one reads only what is new and answers exactly as a copy read whole.
+    #[tokio::test]
+    async fn a_copy_followed_through_appends_is_a_copy_read_whole() {
+        let store = store().await;
+        let mut recent = Recent::read_blocking(&store, 50).unwrap();
+        for round in 0..4i64 {
+            let slot = 200 + round * 3;
+            let mut ticks = vec![Tick {
+                currency: Currency::USD,
+                timedate: at(slot * 5),
+                price: "97001.5".parse().unwrap(),
+            }];
+            // Round 2 appends more than the copy holds of EUR, at once.
+            let eur_slots = if round == 2 { 60 } else { 1 };
+            for k in 0..eur_slots {
+                ticks.push(Tick {
+                    currency: Currency::EUR,
+                    timedate: at((slot + k) * 5 + 1),
+                    price: "0.01".parse().unwrap(),
+                });
+            }
+            store.insert_ticks(ticks).await.unwrap();
+            if round == 1 {
+                store
+                    .record_gap(Gap {
+                        currency: Currency::USD,
+                        from: at(slot * 5 + 5),
+                        until: at(slot * 5 + 15),
+                        reason: GapReason::SourcesUnavailable,
+                    })
+                    .await
+                    .unwrap();
+            }
+            let followed = recent.follow_blocking(&store, 50).unwrap();
+            let whole = Recent::read_blocking(&store, 50).unwrap();
+            assert!(!followed.whole, "round {round} read the whole tail again");
+            assert_eq!(followed.version, whole.version);
+            assert_eq!(answers(&followed), answers(&whole), "round {round}");
+            recent = followed;
+        }
+    }
+
+    /// A tick changed in place (by another program here) is not an append: the copy is read
+    /// whole, and answers with the change.
+    #[tokio::test]
+    async fn a_copy_after_a_rewrite_is_read_whole() {
+        let store = store().await;
+        let recent = Recent::read_blocking(&store, 50).unwrap();
+        store
+            .tamper_blocking(|c| {
+                c.execute(
+                    "UPDATE ticks SET price = '42' WHERE currency = 840 AND ts = ?1",
+                    [at(990).unix_millis()],
+                )
+            })
+            .unwrap();
+        let followed = recent.follow_blocking(&store, 50).unwrap();
+        assert!(followed.whole);
+        let whole = Recent::read_blocking(&store, 50).unwrap();
+        assert_eq!(answers(&followed), answers(&whole));
+        let query = TicksQuery {
+            start: PageKey {
+                time: at(990),
+                currency: Currency::USD,
+            },
+            currencies: vec![Currency::USD],
+            limit: 1,
+        };
+        let page = followed.assemble(&query);
+        let body = String::from_utf8(encode(&query, &page, &FEED, page.closed()).unwrap()).unwrap();
+        assert!(body.contains(r#""price":42}"#), "{body}");
+    }
+
+    /// An answer's tag, computed from the tags of the ticks it holds, is the tag of its bytes, and
+    /// the same from the tail as from SQLite.
+    #[tokio::test]
+    async fn tags_from_memory_are_the_tags_of_the_bytes() {
+        use crate::answer::Answer;
+        let store = store().await;
+        let recent = Recent::read_blocking(&store, 50).unwrap();
+        let mut covered = 0;
+        for query in all_queries().iter().filter(|q| recent.covers(q)).step_by(3) {
+            let page = recent.assemble(query);
+            let memory = Answer::encode(query, &page, &FEED, page.closed()).unwrap();
+            let stored = StoredPage::read(&store, query).await.unwrap();
+            let page = stored.assemble();
+            let sqlite = Answer::encode(query, &page, &FEED, page.closed()).unwrap();
+            assert_eq!(memory.joined(), sqlite.joined(), "{query:?}");
+            assert_eq!(memory.etag, sqlite.etag, "{query:?}");
+            assert_eq!(
+                memory.etag,
+                crate::conditional::etag(&memory.joined()),
+                "{query:?}"
+            );
+            covered += 1;
+        }
+        assert!(covered > 500, "{covered}");
     }
 }

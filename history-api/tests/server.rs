@@ -389,3 +389,86 @@ async fn every_metric_the_alert_rules_use_is_exported() {
         );
     }
 }
+
+/// An answer from the ticks held in memory is sent in pieces: on the wire it is one body with its
+/// exact `Content-Length` (not chunked), byte for byte the answer read from SQLite.
+#[tokio::test]
+async fn an_answer_sent_in_pieces_is_whole_on_the_wire() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path().join("feed.db")).unwrap();
+    store
+        .insert_ticks(
+            (0..3000)
+                .flat_map(|i| Currency::ALL.map(|c| tick(c, i)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let state = state(store);
+    let metrics = state.metrics.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let raw_get = |since: i64| async move {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!(
+            "GET /v1/ticks?since={}&limit=50000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            slot(since)
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(response[..split].to_vec()).unwrap();
+        (head.to_ascii_lowercase(), response[split + 4..].to_vec())
+    };
+    let answers_from = |source: &str| {
+        let prefix = format!("pricefeed_history_answers_total{{source=\"{source}\"}} ");
+        let text = metrics.render();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .unwrap()
+    };
+    // The first question is answered from SQLite and starts reading the tail into memory.
+    let (_, from_sqlite) = raw_get(100).await;
+    assert_eq!(answers_from("store"), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut since = 100;
+    loop {
+        since += 1;
+        let (head, body) = raw_get(since).await;
+        if answers_from("memory") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tail was never used"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        // Ticks 101.. of both currencies: the SQLite answer from 100, less its first slot.
+        let text = String::from_utf8(body).unwrap();
+        let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let expected: serde_json::Value = serde_json::from_slice(&from_sqlite).unwrap();
+        for currency in ["USD", "EUR"] {
+            let got = page["ticks"][currency].as_array().unwrap();
+            let all = expected["ticks"][currency].as_array().unwrap();
+            assert_eq!(got.len(), 3000 - since as usize);
+            assert_eq!(got[..], all[(since - 100) as usize..]);
+        }
+        assert!(text.len() > 100_000, "several pieces: {}", text.len());
+        break;
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
