@@ -19,7 +19,8 @@
 //!
 //! - `server`: [`app`] builds the router (routes, request timeout, request metrics) so tests can
 //!   drive it in-process; [`serve`] runs it on a listener until a shutdown future resolves.
-//! - `page`: the `/v1/ticks` handler, alone: cache, else tail, else SQLite, then encode; then
+//! - `page`: the `/v1/ticks` handler, alone: cache, else tail, else blocks, else SQLite, then
+//!   encode; then
 //!   `304 Not Modified` if the client's `If-None-Match` names the answer. [`ticks_json`] is the
 //!   same answer's body for another transport (gRPC).
 //! - `sse`: `/v1/stream`, the feed as Server-Sent Events: a [`relay`] stream as events, with
@@ -34,6 +35,9 @@
 //! - `cache`: the answer cache, whole answers kept for the store version they were computed at.
 //! - `tail`: the newest ticks of each currency held in memory, already encoded, so that the
 //!   questions nearly every client asks (what happened since a recent time) skip SQLite.
+//! - `blocks`: older ticks held in memory in fixed blocks of time, already encoded, once a
+//!   question has read them: what questions about the older past reach while the store counts no
+//!   rewrite.
 //! - `stored`: the same answer read from SQLite, in one transaction.
 //! - `answer`: what an answer says ([`FeedFacts`] and the assembled page), how the limit cuts it,
 //!   whether it is closed (can never change), and its JSON with its entity tag; the tail and the
@@ -50,6 +54,7 @@
 //!   [`HttpListener`] that [`serve`] takes, plain or with TLS.
 
 mod answer;
+mod blocks;
 mod cache;
 mod conditional;
 mod cursor;

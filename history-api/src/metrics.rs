@@ -45,14 +45,18 @@ pub enum AnswerSource {
     Cache,
     /// The tail of the store held in memory.
     Memory,
+    /// Blocks of older ticks held in memory (and the tail, for what follows them), some perhaps
+    /// read from SQLite for this answer.
+    Blocks,
     /// SQLite.
     Store,
 }
 
 impl AnswerSource {
-    const ALL: [AnswerSource; 3] = [
+    const ALL: [AnswerSource; 4] = [
         AnswerSource::Cache,
         AnswerSource::Memory,
+        AnswerSource::Blocks,
         AnswerSource::Store,
     ];
 
@@ -60,6 +64,7 @@ impl AnswerSource {
         match self {
             AnswerSource::Cache => "cache",
             AnswerSource::Memory => "memory",
+            AnswerSource::Blocks => "blocks",
             AnswerSource::Store => "store",
         }
     }
@@ -277,7 +282,8 @@ impl Metrics {
             "pricefeed_history_answers_total",
             "counter",
             "Tick pages answered, by where they came from: cache (the same question at the same \
-             store version), memory (the recent tail) or store (SQLite).",
+             store version), memory (the recent tail), blocks (older ticks held in memory) or \
+             store (SQLite).",
         );
         for (source, n) in AnswerSource::ALL.iter().zip(&self.answers_by_source) {
             let n = n.load(Ordering::Relaxed);

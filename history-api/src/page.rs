@@ -114,7 +114,7 @@ async fn answer(state: &ApiState, query: &TicksQuery) -> Result<Answer, ApiError
     })
 }
 
-/// The answer from the tail if it holds the page, else from SQLite.
+/// The answer from the tail if it holds the page, else from blocks and the tail, else from SQLite.
 async fn compute(
     state: &ApiState,
     query: &TicksQuery,
@@ -131,7 +131,17 @@ async fn compute(
             state.metrics.history_answer(AnswerSource::Memory);
             return finish(recent.assemble(query));
         }
-        Some(_) => {}
+        Some(recent) => {
+            let from_blocks = state
+                .blocks
+                .page(&state.store, &recent, query)
+                .await
+                .map_err(ApiError::StoreUnavailable)?;
+            if let Some(page) = from_blocks {
+                state.metrics.history_answer(AnswerSource::Blocks);
+                return finish(page.assemble(query));
+            }
+        }
         None => state.tail.refresh(state.store.clone(), version),
     }
     state.metrics.history_answer(AnswerSource::Store);

@@ -9,6 +9,7 @@ use ticks::NodeRole;
 use tokio::sync::watch;
 
 use crate::answer::FeedFacts;
+use crate::blocks::{BLOCKS_BYTES, Blocks};
 use crate::cache::AnswerCache;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -28,8 +29,8 @@ pub struct MqttClients {
 pub type MqttClientsGauge = Arc<dyn Fn() -> MqttClients + Send + Sync>;
 
 /// What the handlers share: the store, the process's metrics, the broker flag, what answers say
-/// about the feed, and the two copies answers are served from before SQLite (the answer cache and
-/// the in-memory tail), which live exactly as long as the state.
+/// about the feed, and the copies answers are served from before SQLite (the answer cache, the
+/// in-memory tail and the blocks of older ticks), which live exactly as long as the state.
 pub struct ApiState {
     pub store: HistoryStore,
     pub metrics: Arc<Metrics>,
@@ -50,6 +51,7 @@ pub struct ApiState {
     pub mqtt_clients: Option<MqttClientsGauge>,
     pub(crate) cache: AnswerCache,
     pub(crate) tail: Arc<Tail>,
+    pub(crate) blocks: Arc<Blocks>,
 }
 
 impl ApiState {
@@ -68,6 +70,7 @@ impl ApiState {
             mqtt_clients: None,
             cache: AnswerCache::default(),
             tail: Arc::default(),
+            blocks: Arc::new(Blocks::new(feed.interval, BLOCKS_BYTES)),
         }
     }
 

@@ -31,8 +31,9 @@ use crate::query::TicksQuery;
 /// Ticks per currency held in memory: a day and a bit at the 5 s interval, about 1 MB each.
 pub(crate) const TAIL_TICKS: usize = 20_000;
 
-/// Gaps held with the tail: all of the store's (read again only when the store wrote a gap),
-/// unless there are more than this; then only those the tail's ticks reach.
+/// Gaps held with the tail: all of the store's, so that questions about the older past (answered
+/// from the blocks in memory) need no SQLite either, unless there are more than this; then only
+/// those the tail's ticks reach.
 const GAPS_HELD: u64 = 10_000;
 
 /// The newest copy of the tail, and whether a refresh is running.
@@ -145,6 +146,19 @@ pub(crate) struct RecentTicks {
 }
 
 impl RecentTicks {
+    /// Every stored tick of this currency at or after this time is held.
+    pub(crate) fn covered_from(&self) -> Timedate {
+        self.covered_from
+    }
+
+    pub(crate) fn bounds(&self) -> Option<(Timedate, Timedate)> {
+        self.bounds
+    }
+
+    pub(crate) fn ticks(&self) -> &HeldTicks {
+        &self.ticks
+    }
+
     fn new(
         snapshot: &Snapshot<'_>,
         currency: Currency,
@@ -267,6 +281,11 @@ impl Recent {
                 whole: false,
             })
         })
+    }
+
+    /// The store's change counts this copy was read at.
+    pub(crate) fn changes(&self) -> StoreChanges {
+        self.changes
     }
 
     pub(crate) fn of(&self, currency: Currency) -> &RecentTicks {

@@ -146,3 +146,91 @@ async fn the_tail_in_memory_follows_commits_from_another_process() {
         assert_eq!(answer.raw_ticks(Currency::EUR).len(), 21 - from as usize);
     }
 }
+
+/// Questions about the past before the tail are answered from blocks of ticks held in memory,
+/// exactly; when another process rewrites that past, the next answers have the change.
+#[tokio::test]
+async fn older_ticks_come_from_blocks_and_follow_a_rewrite_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("feed.db");
+    let served = HistoryStore::open(&path).unwrap();
+    let publisher = HistoryStore::open(&path).unwrap();
+    // More than the tail holds (20,000 per currency), so the first hours are older than it.
+    let slots = 25_000;
+    publisher
+        .insert_ticks(
+            (0..slots)
+                .flat_map(|i| Currency::ALL.map(|c| tick(c, i)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let state = state(served);
+    let metrics = state.metrics.clone();
+    let app = app(state);
+    // Distinct questions (50 starts from `first` on), so the answer cache never serves; each
+    // must be exact.
+    let mut asked = 0;
+    let mut ask = |app: &axum::Router, first: i64| {
+        asked += 1;
+        let from = first + asked % 50;
+        let uri = format!("/v1/ticks?since={}&limit=300", slot(from));
+        let app = app.clone();
+        async move { (request(&app, "GET", &uri).await, from) }
+    };
+    let expect = |answer: &common::Answer, from: i64, changed: Option<(i64, &str)>| {
+        let usd = answer.raw_ticks(Currency::USD);
+        let eur = answer.raw_ticks(Currency::EUR);
+        assert_eq!((usd.len(), eur.len()), (150, 150), "{}", answer.text());
+        for (i, (u, e)) in usd.iter().zip(&eur).enumerate() {
+            let i = from + i as i64;
+            match changed {
+                Some((at, price)) if at == i => {
+                    assert_eq!(
+                        u,
+                        &format!(r#"{{"timedate":"{}","price":{price}}}"#, slot(i))
+                    );
+                }
+                _ => assert_eq!(u, &tick(Currency::USD, i).payload()),
+            }
+            assert_eq!(e, &tick(Currency::EUR, i).payload());
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while answers_from(&metrics, "blocks") < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks never answered"
+        );
+        let (answer, from) = ask(&app, 100).await;
+        expect(&answer, from, None);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // Another process rewrites a stretch of that past (as a node filling from a peer would).
+    // Inside every page asked from now on.
+    let rewritten = 260;
+    let mut changed = tick(Currency::USD, rewritten);
+    changed.price = "1.5".parse().unwrap();
+    publisher
+        .fill(history_store::Stretch {
+            currency: Currency::USD,
+            from: slot(rewritten),
+            until: slot(rewritten + 1),
+            ticks: vec![changed],
+            gaps: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let blocks_before = answers_from(&metrics, "blocks");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while answers_from(&metrics, "blocks") < blocks_before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks never answered again"
+        );
+        let (answer, from) = ask(&app, 200).await;
+        expect(&answer, from, Some((rewritten, "1.5")));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
