@@ -106,13 +106,23 @@ pub fn tick_of(event: &SseEvent) -> Option<Tick> {
 
 /// Every tick `/v1/ticks` holds from `since`, per currency, paging with the cursor (`curl`).
 pub async fn curl_history(http: &str, since: Timedate) -> BTreeMap<Currency, Vec<Tick>> {
+    curl_history_paged(http, since, 200).await
+}
+
+/// [`curl_history`] in pages of at most `limit` ticks: small pages make a short history cross
+/// several cursors.
+pub async fn curl_history_paged(
+    http: &str,
+    since: Timedate,
+    limit: usize,
+) -> BTreeMap<Currency, Vec<Tick>> {
     #[derive(serde::Deserialize)]
     struct Page {
         ticks: BTreeMap<Currency, Vec<WireTick>>,
         next_cursor: Option<String>,
     }
     let mut out: BTreeMap<Currency, Vec<Tick>> = BTreeMap::new();
-    let mut query = format!("since={since}&limit=200");
+    let mut query = format!("since={since}&limit={limit}");
     loop {
         let url = format!("http://{http}/v1/ticks?{query}");
         let (status, body, stderr) =
@@ -129,7 +139,7 @@ pub async fn curl_history(http: &str, since: Timedate) -> BTreeMap<Currency, Vec
                 }));
         }
         match page.next_cursor {
-            Some(cursor) => query = format!("cursor={cursor}&limit=200"),
+            Some(cursor) => query = format!("cursor={cursor}&limit={limit}"),
             None => return out,
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use grpc_api::pb;
 use grpc_api::pb::price_feed_client::PriceFeedClient;
 use serde::Deserialize;
+use testkit::sse::curl_history_paged;
 use testkit::{FeedProcess, FixtureServer, Process, free_port_below_ephemeral, run_command, which};
 use ticks::wire::WireTick;
 use ticks::{Currency, Tick, Timedate};
@@ -39,28 +40,6 @@ async fn curl_page(http: &str, query: &str) -> Page {
     let (status, body, stderr) = run_command("curl", &["-sS", "--fail", &url], WAIT).await;
     assert!(status.success(), "curl {url}: {stderr}");
     serde_json::from_str(&body).unwrap()
-}
-
-/// Every tick history holds from `since`, per currency (paging with the cursor).
-async fn curl_history(http: &str, since: Timedate) -> BTreeMap<Currency, Vec<Tick>> {
-    let mut out: BTreeMap<Currency, Vec<Tick>> = BTreeMap::new();
-    let mut query = format!("since={since}&limit=50");
-    loop {
-        let page = curl_page(http, &query).await;
-        for (currency, run) in page.ticks {
-            out.entry(currency)
-                .or_default()
-                .extend(run.into_iter().map(|w| Tick {
-                    currency,
-                    timedate: w.timedate,
-                    price: w.price,
-                }));
-        }
-        match page.next_cursor {
-            Some(cursor) => query = format!("cursor={cursor}&limit=50"),
-            None => return out,
-        }
-    }
 }
 
 /// The tick a message carries, checked to be in the feed's exact text.
@@ -163,7 +142,7 @@ async fn live_and_since_streams_equal_history_and_history_equals_v1_ticks_health
     let (got, _) = collect(&mut live, 4).await;
     drop(live);
     let first = got.values().map(|t| t[0].timedate).min().unwrap();
-    assert_equals_history(&got, &curl_history(&http, first).await, first);
+    assert_equals_history(&got, &curl_history_paged(&http, first, 50).await, first);
 
     // Since: history from `first`, then live, with nothing missing or twice across the seam.
     let mut resumed = grpc
@@ -179,7 +158,7 @@ async fn live_and_since_streams_equal_history_and_history_equals_v1_ticks_health
     for ticks in got.values() {
         assert_eq!(ticks[0].timedate, first, "since is inclusive");
     }
-    assert_equals_history(&got, &curl_history(&http, first).await, first);
+    assert_equals_history(&got, &curl_history_paged(&http, first, 50).await, first);
     drop(resumed);
 
     // History: page for page what /v1/ticks answers, cursor included.
@@ -528,7 +507,7 @@ async fn python_client_resumes_across_a_restart_with_nothing_missing_or_twice() 
     }
     assert_equals_history(
         &got,
-        &curl_history(&feed.http.to_string(), since).await,
+        &curl_history_paged(&feed.http.to_string(), since, 50).await,
         since,
     );
     for ticks in got.values() {
@@ -591,7 +570,7 @@ async fn the_standalone_history_api_serves_grpc_beside_a_feed() {
         .into_inner();
     let (got, live) = collect(&mut stream, 6).await;
     assert!(live, "the stream says when it turns live");
-    assert_equals_history(&got, &curl_history(&http, since).await, since);
+    assert_equals_history(&got, &curl_history_paged(&http, since, 50).await, since);
     drop(stream);
 
     // History: what the replica's /v1/ticks answers.

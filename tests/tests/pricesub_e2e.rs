@@ -3,32 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use testkit::sse::curl_history_paged;
 use testkit::{FeedProcess, Process, free_port, run_command};
 use ticks::{Currency, Tick, Timedate};
 use tokio::io::AsyncBufReadExt;
 
 const WAIT: Duration = Duration::from_secs(40);
-
-/// `curl` the history API from `since` and return the ticks per currency (paging with the cursor).
-async fn curl_history(http: &str, since: Timedate) -> BTreeMap<Currency, Vec<Tick>> {
-    let mut out: BTreeMap<Currency, Vec<Tick>> = BTreeMap::new();
-    let mut url = format!("http://{http}/v1/ticks?since={since}&limit=50");
-    loop {
-        let (status, body, stderr) = run_command("curl", &["-sS", "--fail", &url], WAIT).await;
-        assert!(status.success(), "curl {url}: {stderr}");
-        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
-        for c in Currency::ALL {
-            for t in page["ticks"][c.code()].as_array().unwrap() {
-                let tick = Tick::from_message(c.topic(), t.to_string().as_bytes()).unwrap();
-                out.entry(c).or_default().push(tick);
-            }
-        }
-        match page["next_cursor"].as_str() {
-            Some(cursor) => url = format!("http://{http}/v1/ticks?cursor={cursor}&limit=50"),
-            None => return out,
-        }
-    }
-}
 
 /// Parses pricesub's stdout into ticks per currency, checking each line is exact.
 fn printed(stdout: &str) -> BTreeMap<Currency, Vec<Tick>> {
@@ -121,7 +101,7 @@ async fn since_replays_history_then_follows_live_and_survives_a_feed_restart() {
         .await
         .unwrap();
     let printed = printed(&stdout);
-    let history = curl_history(&http, since).await;
+    let history = curl_history_paged(&http, since, 50).await;
     assert_same(&printed, &history);
     // It followed live after the restart: ticks from the second run were printed.
     let restarted_at = history[&Currency::USD]
