@@ -382,105 +382,22 @@ impl BlockPage {
 #[cfg(test)]
 mod tests {
     use history_store::HistoryStore;
-    use ticks::{Gap, GapReason, Interval, Tick};
 
     use super::*;
-    use crate::answer::{Answer, FeedFacts, encode};
+    use crate::answer::{Answer, encode};
     use crate::cursor::PageKey;
-    use crate::stored::StoredPage;
+    use crate::test_store::{FEED, at, gappy_store, queries, sqlite};
 
-    const FEED: FeedFacts = FeedFacts {
-        interval: Interval::DEFAULT,
-        demo: false,
-    };
-
-    fn at(s: i64) -> Timedate {
-        Timedate::from_unix_millis(1_700_000_000_000 + s * 1000).unwrap()
-    }
-
-    /// 400 slots of 5 s: USD misses every 7th slot, EUR every 3rd and all of slots 120..170 (more
-    /// than a block of the tests' size), each recorded as gaps, with prices of every shape.
+    /// 400 slots; EUR misses all of slots 120..170 (more than a block of the tests' size) and has
+    /// a gap to `at(850)`.
     async fn store() -> HistoryStore {
-        let store = HistoryStore::open_in_memory().unwrap();
-        let prices = ["97001.5", "1", "0.01", "123456.78", "60000"];
-        let mut ticks = Vec::new();
-        let five = Interval::new(std::time::Duration::from_secs(5)).unwrap();
-        for slot in 0..400i64 {
-            let price = prices[slot as usize % prices.len()].parse().unwrap();
-            let t = at(slot * 5);
-            if slot % 7 != 3 {
-                ticks.push(Tick {
-                    currency: Currency::USD,
-                    timedate: t,
-                    price,
-                });
-            } else {
-                let reason = GapReason::SourcesUnavailable;
-                store
-                    .record_missing_slot(Currency::USD, t, five, reason)
-                    .await
-                    .unwrap();
-            }
-            if slot % 3 != 1 && !(120..170).contains(&slot) {
-                ticks.push(Tick {
-                    currency: Currency::EUR,
-                    timedate: t,
-                    price,
-                });
-            }
-        }
-        store
-            .record_gap(Gap {
-                currency: Currency::EUR,
-                from: at(600),
-                until: at(850),
-                reason: GapReason::PublisherDown,
-            })
-            .await
-            .unwrap();
-        store.insert_ticks(ticks).await.unwrap();
-        store
+        gappy_store(400, 120..170, 850).await
     }
 
     /// Every start key around every slot before the tail, every currency set, limits that cut
     /// pages anywhere.
-    fn queries() -> impl Iterator<Item = TicksQuery> {
-        let sets = [
-            vec![Currency::USD],
-            vec![Currency::EUR],
-            vec![Currency::USD, Currency::EUR],
-        ];
-        (-10..1700).step_by(5).flat_map(move |s| {
-            let sets = sets.clone();
-            [-1, 0, 1].into_iter().flat_map(move |shift| {
-                let sets = sets.clone();
-                let time = Timedate::from_unix_millis(at(s).unix_millis() + shift);
-                Currency::ALL.into_iter().flat_map(move |currency| {
-                    let sets = sets.clone();
-                    sets.into_iter().flat_map(move |currencies| {
-                        [1, 2, 3, 7, 50, 10_000].into_iter().filter_map({
-                            let currencies = currencies.clone();
-                            move |limit| {
-                                Some(TicksQuery {
-                                    start: PageKey {
-                                        time: time?,
-                                        currency,
-                                    },
-                                    currencies: currencies.clone(),
-                                    limit,
-                                })
-                            }
-                        })
-                    })
-                })
-            })
-        })
-    }
-
-    async fn sqlite(store: &HistoryStore, query: &TicksQuery) -> String {
-        let stored = StoredPage::read(store, query).await.unwrap();
-        let page = stored.assemble();
-        String::from_utf8(encode(query, &page, &FEED, page.closed()).unwrap()).unwrap()
+    fn all_queries() -> impl Iterator<Item = TicksQuery> {
+        queries(1700, &[1, 2, 3, 7, 50, 10_000]).into_iter()
     }
 
     /// Blocks of 4 slots (20 s) and a tail of 60 ticks: a page from blocks (read from SQLite or
@@ -495,7 +412,7 @@ mod tests {
             let (mut served, mut covered) = (0, 0);
             // With a small budget (blocks evicted and read again all along), a sample.
             let sample = if budget == usize::MAX { 1 } else { 7 };
-            for query in queries().step_by(sample) {
+            for query in all_queries().step_by(sample) {
                 if recent.covers(&query) {
                     covered += 1;
                     continue;

@@ -70,6 +70,8 @@ mod sse;
 mod state;
 mod stored;
 mod tail;
+#[cfg(test)]
+mod test_store;
 mod tls;
 mod web;
 

@@ -377,68 +377,18 @@ impl Recent {
 mod tests {
     use std::sync::Arc;
 
-    use ticks::{GapReason, Interval, Tick};
+    use ticks::{GapReason, Tick};
 
     use super::*;
-    use crate::answer::{FeedFacts, encode};
+    use crate::answer::encode;
     use crate::cursor::PageKey;
     use crate::stored::StoredPage;
+    use crate::test_store::{FEED, at, gappy_store, queries, sqlite};
 
-    fn at(s: i64) -> Timedate {
-        Timedate::from_unix_millis(1_700_000_000_000 + s * 1000).unwrap()
-    }
-
-    /// 200 slots of 5 s: USD misses every 7th, EUR every 3rd and the whole of slots 120..140,
-    /// recorded as gaps, with prices of every shape the wire can print.
+    /// 200 slots; EUR misses the whole of slots 120..140 and has a gap to `at(700)`.
     async fn store() -> HistoryStore {
-        let store = HistoryStore::open_in_memory().unwrap();
-        let prices = ["97001.5", "1", "0.01", "123456.78", "60000"];
-        let mut ticks = Vec::new();
-        for slot in 0..200i64 {
-            let price = prices[slot as usize % prices.len()].parse().unwrap();
-            let t = at(slot * 5);
-            if slot % 7 != 3 {
-                ticks.push(Tick {
-                    currency: Currency::USD,
-                    timedate: t,
-                    price,
-                });
-            } else {
-                store
-                    .record_missing_slot(
-                        Currency::USD,
-                        t,
-                        Interval::new(std::time::Duration::from_secs(5)).unwrap(),
-                        GapReason::SourcesUnavailable,
-                    )
-                    .await
-                    .unwrap();
-            }
-            if slot % 3 != 1 && !(120..140).contains(&slot) {
-                ticks.push(Tick {
-                    currency: Currency::EUR,
-                    timedate: t,
-                    price,
-                });
-            }
-        }
-        store
-            .record_gap(Gap {
-                currency: Currency::EUR,
-                from: at(600),
-                until: at(700),
-                reason: GapReason::PublisherDown,
-            })
-            .await
-            .unwrap();
-        store.insert_ticks(ticks).await.unwrap();
-        store
+        gappy_store(200, 120..140, 700).await
     }
-
-    const FEED: FeedFacts = FeedFacts {
-        interval: Interval::DEFAULT,
-        demo: false,
-    };
 
     /// The memory path must answer byte for byte what SQLite answers, for every start key around
     /// every slot, every currency set and limits that cut pages anywhere; and it must decline what
@@ -449,43 +399,19 @@ mod tests {
         let recent = Recent::read_blocking(&store, 50).unwrap();
         assert_eq!(recent.version, store.version().unwrap());
         let (mut covered, mut declined) = (0, 0);
-        let sets = [
-            vec![Currency::USD],
-            vec![Currency::EUR],
-            vec![Currency::USD, Currency::EUR],
-        ];
-        for s in (-10..1010).step_by(5) {
-            for shift in [-1, 0, 1] {
-                let Some(time) = Timedate::from_unix_millis(at(s).unix_millis() + shift) else {
-                    continue;
-                };
-                for currency in Currency::ALL {
-                    for currencies in &sets {
-                        for limit in [1, 2, 3, 7, 50, 10_000] {
-                            let query = TicksQuery {
-                                start: PageKey { time, currency },
-                                currencies: currencies.clone(),
-                                limit,
-                            };
-                            if !recent.covers(&query) {
-                                declined += 1;
-                                continue;
-                            }
-                            covered += 1;
-                            let memory = recent.assemble(&query);
-                            let memory = encode(&query, &memory, &FEED, memory.closed()).unwrap();
-                            let stored = StoredPage::read(&store, &query).await.unwrap();
-                            let stored = stored.assemble();
-                            let sqlite = encode(&query, &stored, &FEED, stored.closed()).unwrap();
-                            assert_eq!(
-                                String::from_utf8(memory).unwrap(),
-                                String::from_utf8(sqlite).unwrap(),
-                                "{query:?}"
-                            );
-                        }
-                    }
-                }
+        for query in queries(1010, &[1, 2, 3, 7, 50, 10_000]) {
+            if !recent.covers(&query) {
+                declined += 1;
+                continue;
             }
+            covered += 1;
+            let memory = recent.assemble(&query);
+            let memory = encode(&query, &memory, &FEED, memory.closed()).unwrap();
+            assert_eq!(
+                String::from_utf8(memory).unwrap(),
+                sqlite(&store, &query).await,
+                "{query:?}"
+            );
         }
         // Both sides of the coverage line were exercised.
         assert!(
@@ -575,31 +501,7 @@ mod tests {
     /// Every query the tests ask of a copy: start keys around every slot, every currency set,
     /// limits that cut anywhere.
     fn all_queries() -> Vec<TicksQuery> {
-        let sets = [
-            vec![Currency::USD],
-            vec![Currency::EUR],
-            vec![Currency::USD, Currency::EUR],
-        ];
-        let mut out = Vec::new();
-        for s in (-10..1100).step_by(5) {
-            for shift in [-1, 0, 1] {
-                let Some(time) = Timedate::from_unix_millis(at(s).unix_millis() + shift) else {
-                    continue;
-                };
-                for currency in Currency::ALL {
-                    for currencies in &sets {
-                        for limit in [1, 3, 50, 10_000] {
-                            out.push(TicksQuery {
-                                start: PageKey { time, currency },
-                                currencies: currencies.clone(),
-                                limit,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        out
+        queries(1100, &[1, 3, 50, 10_000])
     }
 
     /// What a copy answers to every query it covers (`None` for the others): tag and body.
