@@ -244,6 +244,7 @@ impl OutInflight {
     #[inline]
     pub fn pop_front(&mut self) -> Option<OutInflightMessage> {
         if let Some(msg) = self.queues.pop_front().map(|(_, m)| m) {
+            self.release_if_empty();
             if let Some(f) = self.on_pop_fn.as_ref() {
                 f();
             }
@@ -259,6 +260,16 @@ impl OutInflight {
             self.pop_front()
         } else {
             None
+        }
+    }
+
+    /// pricefeed patch: an empty window holds no memory. The map keeps its B-tree node (about
+    /// 1 KB) and the index its buffer once they have held a message; an idle subscriber's window
+    /// is empty between deliveries, so both are given back when it empties.
+    #[inline]
+    fn release_if_empty(&mut self) {
+        if self.queues.is_empty() {
+            self.queues = OutQueues::default();
         }
     }
 
@@ -284,6 +295,7 @@ impl OutInflight {
     #[inline]
     pub fn remove(&mut self, packet_id: &PacketId) -> Option<OutInflightMessage> {
         if let Some(msg) = self.queues.remove(packet_id) {
+            self.release_if_empty();
             if let Some(f) = self.on_pop_fn.as_ref() {
                 f();
             }

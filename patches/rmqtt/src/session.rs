@@ -211,6 +211,17 @@ impl SessionState {
         }
         self.scx.connections.dec();
 
+        // pricefeed patch: boxed, so the state of what follows a connection (the offline loop,
+        // the last will, cleaning up) is allocated when the connection ends instead of sizing the
+        // connection's task for its whole life.
+        Box::pin(self.after_connection(sink, flags, &deliver_queue_tx)).await;
+    }
+
+    /// pricefeed patch: the rest of [`Self::run`], moved as it was into a function of its own.
+    async fn after_connection<Io>(mut self, mut sink: Sink<Io>, mut flags: StateFlags, deliver_queue_tx: &MessageSender)
+    where
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
         if let Err(e) = sink.close().await {
             log::info!("{} close io error, {e}", self.id);
         }
@@ -280,11 +291,11 @@ impl SessionState {
 
         if flags.contains(StateFlags::Kicked) {
             if flags.contains(StateFlags::ByAdminKick) {
-                self.clean(&deliver_queue_tx, self.disconnected_reason_take().await.unwrap_or_default())
+                self.clean(deliver_queue_tx, self.disconnected_reason_take().await.unwrap_or_default())
                     .await;
             }
         } else if clean_session {
-            self.clean(&deliver_queue_tx, self.disconnected_reason_take().await.unwrap_or_default()).await;
+            self.clean(deliver_queue_tx, self.disconnected_reason_take().await.unwrap_or_default()).await;
         } else {
             let session_expiry_interval = self.fitter.session_expiry_interval(disconnect.as_ref());
             //hook, offline_inflight_messages
@@ -295,7 +306,7 @@ impl SessionState {
 
             //Start offline event loop
             self.offline_run_loop(
-                &deliver_queue_tx,
+                deliver_queue_tx,
                 &mut flags,
                 will_delay_interval,
                 session_expiry_interval,
@@ -303,7 +314,7 @@ impl SessionState {
             .await;
             log::debug!("{:?} offline flags: {:?}", self.id, flags);
             if !flags.contains(StateFlags::Kicked) {
-                self.clean(&deliver_queue_tx, Reason::SessionExpiration).await;
+                self.clean(deliver_queue_tx, Reason::SessionExpiration).await;
             }
         }
     }
@@ -351,6 +362,8 @@ impl SessionState {
                         .unwrap_or_else(|| Duration::from_secs(120)),
             );
 
+            // pricefeed patch: each branch's work is boxed (`Box::pin` below), so its state is
+            // allocated while it runs instead of sizing the connection's task for its whole life.
             tokio::select! {
                  _ = &mut keep_alive_delay => {
                     return Err(Reason::ConnectKeepaliveTimeout)
@@ -359,7 +372,7 @@ impl SessionState {
                 _ = &mut deliver_timeout_delay => {
                     while let Some(iflt_msg) = state.out_inflight().write().await.pop_front_timeout(){
                         log::debug!("{:?} has timeout message in inflight: {:?}", state.id, iflt_msg);
-                        state.reforward(iflt_msg).await?;
+                        Box::pin(state.reforward(iflt_msg)).await?;
                     }
                 },
 
@@ -367,7 +380,7 @@ impl SessionState {
                     log::debug!("{:?} deliver_packet: {:?}", state.id, deliver_packet);
                     match deliver_packet {
                         Some(Some((from, p))) => {
-                            state.deliver(sink, from, p).await?;
+                            Box::pin(state.deliver(sink, from, p)).await?;
                         },
                         Some(None) => {
                             log::warn!("{:?} No messages received from the delivery queue", state.id);
@@ -383,7 +396,7 @@ impl SessionState {
                     if let Some(msg) = msg {
                         #[cfg(feature = "debug")]
                         state.scx.stats.debug_session_channels.dec();
-                        state.process_message(sink, msg, deliver_queue_tx, flags).await?;
+                        Box::pin(state.process_message(sink, msg, deliver_queue_tx, flags)).await?;
                     }else{
                         return Err("No message received from the Rx".into());
                     }
@@ -394,7 +407,7 @@ impl SessionState {
                     keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
                     match pkt? {
                         Some(pkt) => {
-                            state.process_mqtt_message(sink, pkt, flags).await?;
+                            Box::pin(state.process_mqtt_message(sink, pkt, flags)).await?;
                         },
                         None => {
                             return Err(Reason::ConnectRemoteClose);
