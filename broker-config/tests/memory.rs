@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Idle subscribers connected for the measurement (fewer if the descriptor limit is lower).
 const SUBSCRIBERS: u64 = 2_000;
 
-/// Resident memory one subscriber may add. With both patches: about 6.8 KB (the connection task's
+/// Resident memory one subscriber may add. With both patches: about 7.5 KB (the connection task's
 /// state, the session and its queues); without the memory changes of `patches/rmqtt` about 10.4
 /// KB; with rmqtt-net's own 8 KiB buffers about 18 KB.
 const MAX_KB_PER_SUBSCRIBER: f64 = 9.0;

@@ -362,8 +362,10 @@ impl SessionState {
                         .unwrap_or_else(|| Duration::from_secs(120)),
             );
 
-            // pricefeed patch: each branch's work is boxed (`Box::pin` below), so its state is
-            // allocated while it runs instead of sizing the connection's task for its whole life.
+            // pricefeed patch: the work of a branch is boxed (`Box::pin` below), so its state is
+            // allocated while it runs instead of sizing the connection's task for its whole life;
+            // not the three that run for every delivery (queueing the routed message, delivering
+            // it, its PUBACK), which are small.
             tokio::select! {
                  _ = &mut keep_alive_delay => {
                     return Err(Reason::ConnectKeepaliveTimeout)
@@ -380,7 +382,7 @@ impl SessionState {
                     log::debug!("{:?} deliver_packet: {:?}", state.id, deliver_packet);
                     match deliver_packet {
                         Some(Some((from, p))) => {
-                            Box::pin(state.deliver(sink, from, p)).await?;
+                            state.deliver(sink, from, p).await?;
                         },
                         Some(None) => {
                             log::warn!("{:?} No messages received from the delivery queue", state.id);
@@ -396,7 +398,12 @@ impl SessionState {
                     if let Some(msg) = msg {
                         #[cfg(feature = "debug")]
                         state.scx.stats.debug_session_channels.dec();
-                        Box::pin(state.process_message(sink, msg, deliver_queue_tx, flags)).await?;
+                        // A routed message, one per delivery, is queued here, unboxed.
+                        if let Message::Forward(from, p) = msg {
+                            state.queue_delivery(deliver_queue_tx, from, p).await;
+                        } else {
+                            Box::pin(state.process_message(sink, msg, deliver_queue_tx, flags)).await?;
+                        }
                     }else{
                         return Err("No message received from the Rx".into());
                     }
@@ -407,7 +414,17 @@ impl SessionState {
                     keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
                     match pkt? {
                         Some(pkt) => {
-                            Box::pin(state.process_mqtt_message(sink, pkt, flags)).await?;
+                            // The PUBACK of each QoS 1 delivery is handled here, unboxed.
+                            let acked = match &pkt {
+                                Packet::V3(v3::Packet::PublishAck { packet_id }) => Some(packet_id.get()),
+                                Packet::V5(v5::Packet::PublishAck(ack)) => Some(ack.packet_id.get()),
+                                _ => None,
+                            };
+                            if let Some(packet_id) = acked {
+                                state.publish_acked(packet_id).await;
+                            } else {
+                                Box::pin(state.process_mqtt_message(sink, pkt, flags)).await?;
+                            }
                         },
                         None => {
                             return Err(Reason::ConnectRemoteClose);
@@ -616,15 +633,7 @@ impl SessionState {
     {
         match msg {
             Message::Forward(from, p) => {
-                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
-                    log::debug!("{:?} deliver_dropped, from: {:?}, {:?}", self.id, from, p);
-                    //hook, message_dropped
-                    self.scx
-                        .extends
-                        .hook_mgr()
-                        .message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull)
-                        .await;
-                }
+                self.queue_delivery(deliver_queue_tx, from, p).await;
             }
             Message::SendRerelease(iflt_msg) => {
                 self.send_rerelease(sink, iflt_msg).await?;
@@ -722,6 +731,15 @@ impl SessionState {
         Ok(())
     }
 
+    /// pricefeed patch: a PUBACK, moved unchanged out of `process_mqtt_message`.
+    #[inline]
+    async fn publish_acked(&self, packet_id: u16) {
+        if let Some(iflt_msg) = self.out_inflight().write().await.remove(&packet_id) {
+            //hook, message_ack
+            self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
+        }
+    }
+
     #[inline]
     async fn process_mqtt_message<Io>(
         &mut self,
@@ -758,16 +776,10 @@ impl SessionState {
             }
 
             Packet::V3(v3::Packet::PublishAck { packet_id }) => {
-                if let Some(iflt_msg) = self.out_inflight().write().await.remove(&packet_id.get()) {
-                    //hook, message_ack
-                    self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
-                }
+                self.publish_acked(packet_id.get()).await;
             }
             Packet::V5(v5::Packet::PublishAck(ack)) => {
-                if let Some(iflt_msg) = self.out_inflight().write().await.remove(&ack.packet_id.get()) {
-                    //hook, message_ack
-                    self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
-                }
+                self.publish_acked(ack.packet_id.get()).await;
             }
 
             Packet::V3(v3::Packet::PublishReceived { packet_id }) => {
@@ -1521,7 +1533,7 @@ impl SessionState {
                 MomentStatus::UnAck | MomentStatus::UnReceived => {
                     let mut publish = msg.publish;
                     publish.dup = true;
-                    self.queue_transferred(deliver_queue_tx, msg.from, publish).await;
+                    self.queue_delivery(deliver_queue_tx, msg.from, publish).await;
                 }
                 MomentStatus::UnComplete => {
                     if let Err(e) = self.reforward(msg).await {
@@ -1533,14 +1545,15 @@ impl SessionState {
 
         //Send offline messages
         while let Some((from, p)) = offline_info.offline_messages.pop_front() {
-            self.queue_transferred(deliver_queue_tx, from, p).await;
+            self.queue_delivery(deliver_queue_tx, from, p).await;
         }
         Ok(())
     }
 
-    /// pricefeed patch: a message taken over from the previous session, into the deliver queue.
+    /// pricefeed patch: a message for this session into its deliver queue (what a routed message's
+    /// `Message::Forward` did, moved here unchanged), or dropped if the queue is full.
     #[inline]
-    async fn queue_transferred(&self, deliver_queue_tx: &queue::Sender<(From, Publish)>, from: From, p: Publish) {
+    async fn queue_delivery(&self, deliver_queue_tx: &queue::Sender<(From, Publish)>, from: From, p: Publish) {
         if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
             log::debug!("{:?} deliver_dropped, from: {:?}, {:?}", self.id, from, p);
             //hook, message_dropped
@@ -1618,9 +1631,14 @@ impl SessionState {
         let publish = self.hook.message_delivered(from.clone(), &publish).await.unwrap_or(publish);
 
         //send message
-        let sent = sink
-            .publish(publish.clone(), expiry_check_res.message_expiry_interval(), self.server_topic_aliases.as_ref())
-            .await;
+        // pricefeed patch: the write's state (760 bytes) boxed, so it does not size the session
+        // loop, which runs this unboxed for every delivery.
+        let sent = Box::pin(sink.publish(
+            publish.clone(),
+            expiry_check_res.message_expiry_interval(),
+            self.server_topic_aliases.as_ref(),
+        ))
+        .await;
 
         //cache messages to inflight window
         let moment_status = match publish.qos {
