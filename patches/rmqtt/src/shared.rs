@@ -456,9 +456,16 @@ impl Entry for LockEntry {
 
     #[inline]
     async fn set(&mut self, s: Session, tx: Tx) -> Result<()> {
+        let resumed = s.session_present().await.unwrap_or(false);
         self.shared.peers.insert(self.id.client_id.clone(), EntryItem { s, tx: tx.clone() });
-        // pricefeed patch: after the entry is in place, so nothing is held after this.
+        // pricefeed patch: after the entry is in place, so nothing is held after this. They were
+        // routed by the previous session's subscriptions: only a session that resumes it gets
+        // them (a clean start discards that session, its queue and these).
         if let Some((_, held)) = self.shared.pending.remove(&self.id.client_id) {
+            if !resumed {
+                log::debug!("{:?} {} messages held for a session not resumed dropped", self.id, held.len());
+                return Ok(());
+            }
             log::debug!("{:?} {} messages held during the takeover delivered", self.id, held.len());
             for (from, p) in held {
                 if let Err(e) = tx.unbounded_send(Message::Forward(from, p)) {
