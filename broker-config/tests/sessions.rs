@@ -169,16 +169,28 @@ async fn v5(broker: SocketAddr, id: &str, expiry_s: u32, subscribe: bool) -> Ses
     }
 }
 
-/// Publishes `payloads` to `btc/USD` at QoS 1 as the publisher, each acknowledged before the next.
-async fn publish(broker: SocketAddr, creds: &Credentials, payloads: &[String]) {
-    let mut opts = MqttOptions::new("publisher", broker.ip().to_string(), broker.port());
-    opts.set_credentials(&creds.username, &creds.password);
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    for payload in payloads {
-        client
-            .publish("btc/USD", QoS::AtLeastOnce, false, payload.clone())
+/// The publisher's connection: publishes to `btc/USD` at QoS 1, each message acknowledged before
+/// the next.
+struct Publisher {
+    client: AsyncClient,
+    eventloop: rumqttc::EventLoop,
+}
+
+impl Publisher {
+    fn connect(broker: SocketAddr, creds: &Credentials) -> Self {
+        let mut opts = MqttOptions::new("publisher", broker.ip().to_string(), broker.port());
+        opts.set_credentials(&creds.username, &creds.password);
+        let (client, eventloop) = AsyncClient::new(opts, 64);
+        Self { client, eventloop }
+    }
+
+    /// Publishes `payload` and waits for its PUBACK; panics after `WAIT`.
+    async fn send(&mut self, payload: String) {
+        self.client
+            .publish("btc/USD", QoS::AtLeastOnce, false, payload)
             .await
             .unwrap();
+        let eventloop = &mut self.eventloop;
         timeout(WAIT, async {
             loop {
                 match eventloop.poll().await {
@@ -191,7 +203,19 @@ async fn publish(broker: SocketAddr, creds: &Credentials, payloads: &[String]) {
         .await
         .expect("the publish was acknowledged");
     }
-    let _ = client.disconnect().await;
+
+    async fn leave(self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+/// Publishes `payloads` to `btc/USD` at QoS 1 as the publisher, each acknowledged before the next.
+async fn publish(broker: SocketAddr, creds: &Credentials, payloads: &[String]) {
+    let mut publisher = Publisher::connect(broker, creds);
+    for payload in payloads {
+        publisher.send(payload.clone()).await;
+    }
+    publisher.leave().await;
 }
 
 fn numbered(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
@@ -290,35 +314,14 @@ async fn publish_until(
     pace: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> u32 {
-    let mut opts = MqttOptions::new("publisher", broker.ip().to_string(), broker.port());
-    opts.set_credentials(&creds.username, &creds.password);
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let mut publisher = Publisher::connect(broker, &creds);
     let mut last = 0;
     while !*stop.borrow() {
-        client
-            .publish(
-                "btc/USD",
-                QoS::AtLeastOnce,
-                false,
-                format!("tick {}", last + 1),
-            )
-            .await
-            .unwrap();
-        timeout(WAIT, async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => return,
-                    Ok(_) => {}
-                    Err(e) => panic!("publisher: {e}"),
-                }
-            }
-        })
-        .await
-        .expect("the publish was acknowledged");
+        publisher.send(format!("tick {}", last + 1)).await;
         last += 1;
         tokio::time::sleep(pace).await;
     }
-    let _ = client.disconnect().await;
+    publisher.leave().await;
     last
 }
 
