@@ -745,24 +745,21 @@ impl DefaultShared {
         // Under the lock of `pending`'s entry: `set` inserts the entry, then takes `pending`;
         // `LockEntry::drop` removes the lock, then `pending`.
         let mut held = self.pending.entry(client_id.clone()).or_default();
-        if let Some(peer) = self.peers.get(client_id) {
-            let sent = send(&peer, from, p);
-            if held.is_empty() {
-                drop(held);
-                self.pending.remove_if(client_id, |_, v| v.is_empty());
-            }
-            return sent;
-        }
-        if self.lockers.contains_key(client_id) && held.len() < MAX_PENDING_PER_SESSION {
+        let sent = if let Some(peer) = self.peers.get(client_id) {
+            send(&peer, from, p)
+        } else if self.lockers.contains_key(client_id) && held.len() < MAX_PENDING_PER_SESSION {
             held.push((from, p));
-            return Ok(());
-        }
+            Ok(())
+        } else {
+            Err((To::from(0, client_id.clone()), from, p, Reason::from_static("the client has disconnected")))
+        };
+        // The entry made above goes again unless something waits in it.
         let empty = held.is_empty();
         drop(held);
         if empty {
             self.pending.remove_if(client_id, |_, v| v.is_empty());
         }
-        Err((To::from(0, client_id.clone()), from, p, Reason::from_static("the client has disconnected")))
+        sent
     }
 
     /// Collect subscription client IDs from a [`SubRelationsMap`], resolving shared groups.
