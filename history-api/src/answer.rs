@@ -165,10 +165,10 @@ pub(crate) struct Answer {
     pub(crate) closed: bool,
 }
 
-/// Pieces shorter than this are copied into the envelope's text rather than sent on their own:
-/// hyper flushes every 16 KB it queues (the history API's `max_buf_size`), so a shorter piece sent
-/// on its own would cost a write more than its copy does (measured on the blocks' 7 KB pieces).
-const SHARED_PIECE_MIN: usize = 16 * 1024;
+/// Pieces shorter than this are copied into the envelope's text rather than sent where they are
+/// held: below it, a copy costs less than the reference count and the slice of the write that a
+/// shared piece takes (the tail's pieces are whole runs, the blocks' about 7 KB).
+const SHARED_PIECE_MIN: usize = 1024;
 
 impl Answer {
     /// The page's JSON, its ticks not copied. A `closed` page (see [`Assembled::closed`]) says
@@ -188,18 +188,17 @@ impl Answer {
             .map(|len| len + 1)
             .sum();
         let mut out = Pieces {
-            done: Vec::with_capacity(8),
+            parts: Vec::with_capacity(8),
             text: Vec::with_capacity(512 + 96 * page.gaps.len() + copied),
+            text_from: 0,
             tag: conditional::Tagger::default(),
         };
         write_page(&mut out, &PageBody::new(query, page, feed, closed))?;
-        if !out.text.is_empty() {
-            out.done.push(Bytes::from(out.text));
-        }
+        let (body, len) = out.finish();
         Ok(Answer {
             etag: out.tag.finish(),
-            len: out.done.iter().map(Bytes::len).sum(),
-            body: out.done.into(),
+            len,
+            body,
             closed,
         })
     }
@@ -220,11 +219,19 @@ impl Answer {
 }
 
 /// A page being written, in pieces: the envelope's text (serde writes it through `io::Write`,
-/// which cannot fail here) between the runs' shared pieces; and its entity tag.
+/// which cannot fail here), one buffer, between the runs' shared pieces; and its entity tag.
 struct Pieces {
-    done: Vec<Bytes>,
+    parts: Vec<Part>,
     text: Vec<u8>,
+    /// Where the text not yet in `parts` starts.
+    text_from: usize,
     tag: conditional::Tagger,
+}
+
+/// A part of the body: a span of the envelope's text, or a piece where it is held.
+enum Part {
+    Text(std::ops::Range<usize>),
+    Shared(Bytes),
 }
 
 impl std::io::Write for Pieces {
@@ -251,12 +258,35 @@ impl Pieces {
             self.text.extend_from_slice(bytes);
             return;
         }
-        if !self.text.is_empty() {
-            let rest = self.text.capacity() - self.text.len();
-            let text = std::mem::replace(&mut self.text, Vec::with_capacity(rest.max(512)));
-            self.done.push(Bytes::from(text));
+        self.end_text();
+        self.parts.push(Part::Shared(piece.shared()));
+    }
+
+    fn end_text(&mut self) {
+        if self.text.len() > self.text_from {
+            self.parts.push(Part::Text(self.text_from..self.text.len()));
+            self.text_from = self.text.len();
         }
-        self.done.push(piece.shared());
+    }
+
+    /// The body's parts, the text's spans slices of one buffer, and their length.
+    fn finish(&mut self) -> (Arc<[Bytes]>, usize) {
+        self.end_text();
+        let text = Bytes::from(std::mem::take(&mut self.text));
+        let mut len = 0;
+        let body = self
+            .parts
+            .drain(..)
+            .map(|part| {
+                let bytes = match part {
+                    Part::Text(span) => text.slice(span),
+                    Part::Shared(bytes) => bytes,
+                };
+                len += bytes.len();
+                bytes
+            })
+            .collect();
+        (body, len)
     }
 
     fn between_pieces(&mut self) {

@@ -31,17 +31,11 @@ pub(crate) struct AnswerCache {
 }
 
 impl AnswerCache {
-    /// The answer to `query` computed at `version`, if kept. An answer asked for again is kept
-    /// joined into one piece from then on: hyper writes one piece at once, while pieces are
-    /// flushed 16 KB at a time (several writes), so a copy pays once an answer is asked twice.
+    /// The answer to `query` computed at `version`, if kept. Kept in its pieces: they go out in
+    /// one write as they are (see `wire`), so joining them would only copy.
     pub(crate) fn get(&self, query: &TicksQuery, version: StoreVersion) -> Option<Answer> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, answer) = entries
-            .get_mut(&key(query))
-            .filter(|(v, _)| *v == version)?;
-        if answer.body.len() > 1 {
-            answer.body = [answer.joined()].into();
-        }
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, answer) = entries.get(&key(query)).filter(|(v, _)| *v == version)?;
         Some(answer.clone())
     }
 

@@ -74,6 +74,7 @@ mod tail;
 mod test_store;
 mod tls;
 mod web;
+mod wire;
 
 pub use answer::FeedFacts;
 pub use cursor::{BadCursor, Cursor, PageKey};

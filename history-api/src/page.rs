@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -17,6 +18,7 @@ use crate::metrics::AnswerSource;
 use crate::query::TicksQuery;
 use crate::state::ApiState;
 use crate::stored::StoredPage;
+use crate::wire::SentInPieces;
 
 pub(crate) async fn ticks(
     State(state): State<Arc<ApiState>>,
@@ -42,14 +44,16 @@ pub(crate) async fn ticks(
     )];
     let body = Body::new(PiecesBody {
         left: answer.len as u64,
-        pieces: answer.body,
+        pieces: answer.body.clone(),
         next: 0,
     });
-    Ok((content_type, headers_out, body).into_response())
+    let pieces = Extension(SentInPieces(answer.body));
+    Ok((content_type, headers_out, pieces, body).into_response())
 }
 
-/// A body sent in its pieces as they are: hyper writes them out (vectored) without joining them,
-/// and the exact length makes it a `Content-Length` body, as one piece would.
+/// A body sent in its pieces as they are, one frame each, and the exact length makes it a
+/// `Content-Length` body, as one piece would. On the way to hyper, [`crate::wire`] sends the
+/// same pieces as one buffer instead.
 struct PiecesBody {
     pieces: Arc<[Bytes]>,
     next: usize,

@@ -254,12 +254,17 @@ pub async fn serve_router(
         // `max_buf_size`): without this, the last short write of an answer waits for the client's
         // delayed ACK of the one before, 40 ms on Linux.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(Peer(peer));
-                request
-            },
-        ));
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .map_request(
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(Peer(peer));
+                        request
+                    },
+                )
+                .map_response(crate::wire::wire),
+        );
         let stopped = stopped.clone();
         let metrics = metrics.clone();
         let tls = tls.clone();

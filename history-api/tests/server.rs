@@ -472,3 +472,97 @@ async fn an_answer_sent_in_pieces_is_whole_on_the_wire() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// One response on a keep-alive connection: its head, lower-cased, and then exactly the bytes its
+/// `Content-Length` announces (none after a HEAD).
+async fn read_response(
+    stream: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    head_only: bool,
+) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stream.read_line(&mut line).await.unwrap() > 0,
+            "closed in a head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap_or_else(|| panic!("no content-length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; if head_only { 0 } else { length }];
+    stream.read_exact(&mut body).await.unwrap();
+    (head, body)
+}
+
+/// A page larger than hyper's write buffer is held in pieces that share the tail's memory and sent
+/// as one buffer: on the wire it is every tick in order, exactly; so is the same page again (from
+/// the answer cache, joined); a HEAD of it has the same length and no body; and the connection
+/// stays in step for the next request.
+#[tokio::test]
+async fn a_page_sent_in_pieces_is_the_whole_answer_on_a_kept_connection() {
+    use tokio::io::AsyncWriteExt;
+
+    // 1,000 ticks a currency: about 50 KB each, well over the 16 KB a piece needs to be shared.
+    let app = app(state(store_with(1_000).await));
+    let big = format!("/v1/ticks?since={T0}&limit=5000");
+    let small = format!("/v1/ticks?since={T0}&limit=3");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(history_api::serve_router(
+        listener,
+        app.clone(),
+        history_api::ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut stream =
+        tokio::io::BufReader::new(tokio::net::TcpStream::connect(address).await.unwrap());
+    let mut ask = async |method: &str, target: &str| {
+        let request = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        read_response(&mut stream, method == "HEAD").await
+    };
+    let (head, first) = ask("GET", &big).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    let page = Answer {
+        status: axum::http::StatusCode::OK,
+        headers: Default::default(),
+        body: first.clone(),
+    };
+    for currency in Currency::ALL {
+        let stored: Vec<String> = (0..1_000).map(|i| tick(currency, i).payload()).collect();
+        assert!(page.raw_ticks(currency) == stored, "{currency:?}");
+    }
+    assert!(first.len() > 90_000, "{}", first.len());
+    let (_, again) = ask("GET", &big).await;
+    assert!(again == first, "the cached answer differs");
+    let (head, none) = ask("HEAD", &big).await;
+    assert!(none.is_empty());
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}\r\n", first.len())),
+        "{head}"
+    );
+    let (head, small_body) = ask("GET", &small).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert_eq!(small_body, get(&app, &small).await.body);
+    assert_eq!(first, get(&app, &big).await.body);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
