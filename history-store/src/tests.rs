@@ -538,6 +538,47 @@ async fn rewrites(store: &HistoryStore) -> u64 {
     store.read(|s| s.changes()).await.unwrap().rewrites
 }
 
+/// While nothing is committed the version is told from the WAL-index header without asking
+/// SQLite; every commit of another program is seen, also after checkpoints that empty the WAL and
+/// commits that start it over.
+#[tokio::test]
+async fn the_version_follows_another_programs_commits_through_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("feed.db");
+    let store = HistoryStore::open(&path).unwrap();
+    let (header_read, _) = store.connections.watching().unwrap();
+    assert!(header_read, "in WAL mode the header is read");
+    let other = Connection::open(&path).unwrap();
+    let mut seen = vec![store.version().unwrap()];
+    for i in 0..60i64 {
+        let checkpoint = [
+            "",
+            "PRAGMA wal_checkpoint(TRUNCATE)",
+            "PRAGMA wal_checkpoint(RESTART)",
+        ];
+        other.execute_batch(checkpoint[i as usize % 3]).unwrap();
+        let settled = store.version().unwrap();
+        let (_, asked) = store.connections.watching().unwrap();
+        for _ in 0..50 {
+            assert_eq!(store.version().unwrap(), settled, "no commit, no change");
+        }
+        assert_eq!(
+            store.connections.watching().unwrap().1,
+            asked,
+            "with the header unchanged, SQLite is not asked"
+        );
+        other
+            .execute(
+                "INSERT INTO ticks VALUES (840, ?1, '97000')",
+                [1_795_484_400_000 + 5_000 * i],
+            )
+            .unwrap();
+        let version = store.version().unwrap();
+        assert!(!seen.contains(&version), "commit {i} is seen");
+        seen.push(version);
+    }
+}
+
 async fn gap_writes(store: &HistoryStore) -> u64 {
     store.read(|s| s.changes()).await.unwrap().gap_writes
 }
