@@ -32,8 +32,13 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Length of each wrk run.
-    #[arg(long, default_value = "20s")]
+    #[arg(long, default_value = "10s")]
     pub wrk_duration: String,
+    /// Loaded runs per query and server, alternating history-api and nginx; each server's run
+    /// with the median rate is reported. nginx's rate on this shared 2-core machine moves by a
+    /// factor of two between runs of the same file, so one run of each makes a ratio by chance.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     #[arg(long, default_value_t = 2)]
     pub wrk_threads: usize,
     #[arg(long, default_value_t = 16)]
@@ -80,8 +85,12 @@ pub struct QueryResult {
     pub bytes: usize,
     pub store_median_ms: f64,
     pub store_p99_ms: f64,
+    /// The run with the median rate of each server's rounds.
     pub ours: Wrk,
     pub nginx: Wrk,
+    /// Every round's rate, in the order run.
+    pub ours_rounds: Vec<f64>,
+    pub nginx_rounds: Vec<f64>,
     /// `wrk -t1 -c1`: one request at a time.
     pub ours_single: Option<Wrk>,
     pub nginx_single: Option<Wrk>,
@@ -167,6 +176,7 @@ pub struct HistoryResult {
     pub wrk_connections: usize,
     pub wrk_duration: String,
     pub wrk_single_duration: String,
+    pub rounds: usize,
     pub queries: Vec<QueryResult>,
 }
 
@@ -310,6 +320,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             path: path.clone(),
             ours_url: format!("http://{}{path}", api.addr),
             script: None,
+            nginx_script: None,
             same_as: i,
             held: None,
         })
@@ -352,6 +363,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         path: format!("{deep_path} + If-None-Match"),
         ours_url: format!("http://{}{deep_path}", api.addr),
         script: None,
+        nginx_script: None,
         same_as: deep,
         held: Some((ours_held, nginx_held)),
     });
@@ -388,23 +400,29 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             2,
         ),
     ];
+    // nginx gets the same requests, to its file of the same query (it ignores the query
+    // string): wrk's Lua work per request is then the same in both runs, on the same two cores.
     for (i, (name, lua_query, path, same_as)) in defeated.into_iter().enumerate() {
-        let script = tmp.path().join(format!("uncached{i}.lua"));
-        std::fs::write(
-            &script,
-            format!(
-                "local n = 0\n\
-                 request = function()\n\
-                 \x20 n = n + 1\n\
-                 \x20 return wrk.format(\"GET\", \"/v1/ticks?{lua_query})\n\
-                 end\n"
-            ),
-        )?;
+        let script = |server: &str, target: &str| -> anyhow::Result<PathBuf> {
+            let script = tmp.path().join(format!("uncached{i}-{server}.lua"));
+            std::fs::write(
+                &script,
+                format!(
+                    "local n = 0\n\
+                     request = function()\n\
+                     \x20 n = n + 1\n\
+                     \x20 return wrk.format(\"GET\", \"{target}?{lua_query})\n\
+                     end\n"
+                ),
+            )?;
+            Ok(script)
+        };
         runs.push(Run {
             name: name.to_string(),
             path,
             ours_url: format!("http://{}/", api.addr),
-            script: Some(script),
+            script: Some(script("ours", "/v1/ticks")?),
+            nginx_script: Some(script("nginx", &format!("/q{same_as}.json"))?),
             same_as,
             held: None,
         });
@@ -417,11 +435,15 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             path,
             ours_url,
             script,
+            nginx_script,
             same_as,
             held,
         } = run;
         eprintln!("history: wrk {name}");
-        let nginx_url = format!("http://{nginx_addr}/q{same_as}.json");
+        let nginx_url = match nginx_script {
+            Some(_) => format!("http://{nginx_addr}/"),
+            None => format!("http://{nginx_addr}/q{same_as}.json"),
+        };
         let load = (
             args.wrk_threads,
             args.wrk_connections,
@@ -436,10 +458,19 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             None => Default::default(),
         };
         let ours_req = (script, ours_headers.as_slice(), ours_url.as_str());
-        let nginx_req = (None, nginx_headers.as_slice(), nginx_url.as_str());
+        let nginx_req = (
+            nginx_script.as_deref(),
+            nginx_headers.as_slice(),
+            nginx_url.as_str(),
+        );
 
         let before = AnsweredFrom::read(api.addr).await?;
-        let ours = wrk_script(args.retry(), ours_req, load, ours_pids.clone()).await?;
+        let (mut ours_rounds, mut nginx_rounds) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds.max(1) {
+            ours_rounds.push(wrk_script(args.retry(), ours_req, load, ours_pids.clone()).await?);
+            nginx_rounds
+                .push(wrk_script(args.retry(), nginx_req, load, nginx_pids.clone()).await?);
+        }
         let ours_single = if single_too {
             Some(wrk_script(args.retry(), ours_req, single, ours_pids).await?)
         } else {
@@ -449,18 +480,23 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         if held.is_some() {
             // wrk counts only 4xx and 5xx as errors: make sure every answer was a 304.
             let not_modified = answered_from.not_modified;
-            let requests = ours.requests + ours_single.as_ref().map_or(0, |w| w.requests);
+            let requests = ours_rounds.iter().map(|w| w.requests).sum::<u64>()
+                + ours_single.as_ref().map_or(0, |w| w.requests);
             anyhow::ensure!(
                 not_modified >= requests,
                 "{name}: {not_modified} answers were 304 of {requests} requests"
             );
         }
-        let peer = wrk_script(args.retry(), nginx_req, load, nginx_pids.clone()).await?;
         let nginx_single = if single_too {
             Some(wrk_script(args.retry(), nginx_req, single, nginx_pids.clone()).await?)
         } else {
             None
         };
+        let rates = |runs: &[Wrk]| runs.iter().map(|w| w.requests_per_second).collect();
+        let (ours_rates, nginx_rates): (Vec<f64>, Vec<f64>) =
+            (rates(&ours_rounds), rates(&nginx_rounds));
+        let ours = median_run(ours_rounds);
+        let peer = median_run(nginx_rounds);
         // A 304 carries no body: what it costs is measured against the full page's row.
         let (ticks, bytes) = match held {
             Some(_) => (0, 0),
@@ -478,6 +514,8 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
             not_modified: held.is_some(),
             ours,
             nginx: peer,
+            ours_rounds: ours_rates,
+            nginx_rounds: nginx_rates,
             ours_single,
             nginx_single,
             answered_from,
@@ -495,6 +533,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         wrk_connections: args.wrk_connections,
         wrk_duration: args.wrk_duration.clone(),
         wrk_single_duration: args.wrk_single_duration.clone(),
+        rounds: args.rounds.max(1),
         queries: results,
     };
     std::fs::create_dir_all(&args.out)?;
@@ -526,8 +565,9 @@ struct Run {
     /// The path it reports.
     path: String,
     ours_url: String,
-    /// The wrk script that writes our requests, if any.
+    /// The wrk scripts that write our requests and nginx's, if any.
     script: Option<PathBuf>,
+    nginx_script: Option<PathBuf>,
     /// Which query's file nginx serves beside it.
     same_as: usize,
     /// The `If-None-Match` header line sent to us and to nginx: each names the page it serves.
@@ -551,6 +591,13 @@ impl HistoryArgs {
             max_other_cpu: self.max_other_cpu,
         }
     }
+}
+
+/// Of runs of the same load, the one with the median rate (the higher of the middle two).
+fn median_run(mut runs: Vec<Wrk>) -> Wrk {
+    runs.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+    let middle = runs.len() / 2;
+    runs.swap_remove(middle)
 }
 
 /// [`wrk_script_once`], measured again (up to `retry.attempts` times in all) while other processes
@@ -659,6 +706,13 @@ fn parse_wrk(raw: &str) -> Option<Wrk> {
     w.requests_per_second.is_finite().then_some(w)
 }
 
+/// The lowest and highest of some rates.
+fn spread(rates: &[f64]) -> String {
+    let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = rates.iter().copied().fold(0.0, f64::max);
+    format!("{}–{}", fmt_f(low, 0), fmt_f(high, 0))
+}
+
 fn single(w: &Option<Wrk>) -> String {
     w.as_ref().map_or("—".into(), |w| {
         format!("{} / {}", fmt_f(w.p50_ms, 2), fmt_f(w.p99_ms, 2))
@@ -694,8 +748,8 @@ fn tables(r: &HistoryResult) -> (Table, Table) {
     ]);
     let mut t = Table::new(
         &format!(
-            "History API vs nginx (same bytes): wrk -t{} -c{} -d{} --latency; then wrk -t1 -c1 -d{}",
-            r.wrk_threads, r.wrk_connections, r.wrk_duration, r.wrk_single_duration
+            "History API vs nginx (same bytes): wrk -t{} -c{} -d{} --latency, {} rounds alternating, the median round of each; then wrk -t1 -c1 -d{}",
+            r.wrk_threads, r.wrk_connections, r.wrk_duration, r.rounds, r.wrk_single_duration
         ),
         &[
             "query",
@@ -705,6 +759,7 @@ fn tables(r: &HistoryResult) -> (Table, Table) {
             "history-api req/s",
             "nginx req/s",
             "ratio",
+            "rounds' req/s, history-api / nginx: min–max",
             "history-api p50 ms",
             "history-api p99 ms",
             "nginx p99 ms",
@@ -726,6 +781,7 @@ fn tables(r: &HistoryResult) -> (Table, Table) {
             fmt_f(q.ours.requests_per_second, 0),
             fmt_f(q.nginx.requests_per_second, 0),
             report::ratio(q.ours.requests_per_second, q.nginx.requests_per_second),
+            format!("{} / {}", spread(&q.ours_rounds), spread(&q.nginx_rounds)),
             fmt_f(q.ours.p50_ms, 2),
             fmt_f(q.ours.p99_ms, 2),
             fmt_f(q.nginx.p99_ms, 2),
