@@ -53,6 +53,9 @@ struct Watcher {
 /// One copy of the WAL-index header: its first 48 bytes.
 type WalIndexHeader = [u8; 48];
 
+/// The header's first field, in native byte order: the version of the wal-index format.
+const WAL_INDEX_FORMAT: u32 = 3_007_000;
+
 impl Watcher {
     fn open(path: &std::path::Path) -> Result<Watcher, StoreError> {
         let conn = schema::open_reader(path)?;
@@ -84,14 +87,16 @@ impl Watcher {
             .query_row([], |r| r.get(0))?)
     }
 
-    /// The header, if both copies read the same (else it is being rewritten).
+    /// The header, if both copies read the same (else it is being rewritten) and it is in the
+    /// format this check knows.
     fn header(&self) -> Option<WalIndexHeader> {
         use std::os::unix::fs::FileExt;
 
         let mut both = [0u8; 96];
         self.shm.as_ref()?.read_exact_at(&mut both, 0).ok()?;
         let (first, second) = both.split_at(48);
-        (first == second).then(|| first.try_into().expect("48 bytes"))
+        let format = u32::from_ne_bytes(first[..4].try_into().expect("4 bytes"));
+        (first == second && format == WAL_INDEX_FORMAT).then(|| first.try_into().expect("48 bytes"))
     }
 
     fn data_version(&mut self) -> Result<i64, StoreError> {
