@@ -468,8 +468,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<HistoryResult> {
         let (mut ours_rounds, mut nginx_rounds) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds.max(1) {
             ours_rounds.push(wrk_script(args.retry(), ours_req, load, ours_pids.clone()).await?);
-            nginx_rounds
-                .push(wrk_script(args.retry(), nginx_req, load, nginx_pids.clone()).await?);
+            nginx_rounds.push(wrk_script(args.retry(), nginx_req, load, nginx_pids.clone()).await?);
         }
         let ours_single = if single_too {
             Some(wrk_script(args.retry(), ours_req, single, ours_pids).await?)
