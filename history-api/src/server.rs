@@ -250,9 +250,10 @@ pub async fn serve_router(
             drop(stream);
             continue;
         };
-        // An answer goes out in several writes (hyper flushes each 16 KB it queues, see
-        // `max_buf_size`): without this, the last short write of an answer waits for the client's
-        // delayed ACK of the one before, 40 ms on Linux.
+        // An answer larger than the socket's send buffer, and a stream's events, still go out in
+        // several writes: without this, the last short write waits for the client's delayed ACK
+        // of the one before, 40 ms on Linux. (A `/v1/ticks` answer is handed over as one buffer,
+        // see `wire`.)
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(
             router

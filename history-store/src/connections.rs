@@ -31,11 +31,11 @@ pub(crate) struct Connections {
 ///
 /// Asking costs a read transaction: a shared lock and its release on the `-shm` file (two
 /// `fcntl`), a `stat` of the database, and SQLite's VM; an eighth of the CPU of an answer from
-/// memory when every history request asks (measured). In WAL mode every commit rewrites the header at the start of
-/// the `-shm` file (the WAL-index: its change counter, last frame and salts), and a read
-/// transaction sees a commit only once the header says so. So while one read of those bytes
-/// finds them as they were when the version was last asked, nothing has been committed since,
-/// and the answer is the same. The header is read before asking, so an answer is never tied to
+/// memory when every history request asks (measured). In WAL mode every commit rewrites the
+/// header at the start of the `-shm` file (the WAL-index: its change counter, last frame and
+/// salts), and a read transaction sees a commit only once the header says so. So while one read
+/// of those bytes finds them as they were when the version was last asked, nothing has been
+/// committed since, and the answer is the same. The header is read before asking, so an answer is never tied to
 /// a header older than the state it saw. Its two copies are compared, as SQLite's own readers
 /// do: a header being rewritten (copies differ) counts as changed. Outside WAL mode, or without
 /// the `-shm` file, every call asks. The format is the unix VFS's, documented in SQLite's
