@@ -200,3 +200,40 @@ impl Connections {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header as the unix VFS writes it: format, then the rest (here a change counter).
+    fn header(format: u32, change: u8) -> [u8; 48] {
+        let mut header = [0u8; 48];
+        header[..4].copy_from_slice(&format.to_ne_bytes());
+        header[8] = change;
+        header
+    }
+
+    /// Only two equal copies in the known format count as a header; anything else (a header
+    /// being rewritten, another format, a file too short) makes the watcher ask SQLite.
+    #[test]
+    fn a_header_counts_only_as_two_equal_copies_in_the_known_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feed.db");
+        drop(schema::open_writer(&path).unwrap());
+        let mut watcher = Watcher::open(&path).unwrap();
+        assert!(watcher.shm.is_some(), "WAL mode has a -shm file");
+        let fake = dir.path().join("fake-shm");
+        let read = |watcher: &mut Watcher, bytes: &[u8]| {
+            std::fs::write(&fake, bytes).unwrap();
+            watcher.shm = Some(std::fs::File::open(&fake).unwrap());
+            watcher.header()
+        };
+        let known = header(WAL_INDEX_FORMAT, 7);
+        assert_eq!(read(&mut watcher, &[known, known].concat()), Some(known));
+        let rewritten = [header(WAL_INDEX_FORMAT, 8), known].concat();
+        assert_eq!(read(&mut watcher, &rewritten), None);
+        let other = header(WAL_INDEX_FORMAT + 1, 7);
+        assert_eq!(read(&mut watcher, &[other, other].concat()), None);
+        assert_eq!(read(&mut watcher, &known), None, "one copy only");
+    }
+}
