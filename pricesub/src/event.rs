@@ -22,6 +22,13 @@ pub enum FeedEvent {
     Status(String),
 }
 
+/// What the follower hands the consumer: one event, or many at once (a backfill's ticks, one
+/// channel message for hundreds of them).
+pub(crate) enum Out {
+    One(Result<FeedEvent, SubscribeError>),
+    Many(Vec<FeedEvent>),
+}
+
 /// What ends a subscription.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {

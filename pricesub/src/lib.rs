@@ -47,20 +47,31 @@ pub use crate::config::{
     BadSince, DEFAULT_HISTORY_PORT, DEFAULT_HISTORY_TIMEOUT, DEFAULT_START_WITHIN,
     SubscriberConfig, default_history_url, parse_since,
 };
+use crate::event::Out;
 pub use crate::event::{FeedEvent, SubscribeError};
 use crate::follower::Follower;
 pub use crate::history::{Backfill, HistoryClient, HistoryError, HistoryPage};
 
 /// A running subscription. Dropping it stops it.
 pub struct Subscription {
-    rx: mpsc::Receiver<Result<FeedEvent, SubscribeError>>,
+    rx: mpsc::Receiver<Out>,
+    /// The rest of the batch received last.
+    batch: std::vec::IntoIter<FeedEvent>,
     stop: CancellationToken,
 }
 
 impl Subscription {
-    /// The next event; `None` once stopped. An `Err` is final.
+    /// The next event; `None` once stopped. An `Err` is final. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<FeedEvent, SubscribeError>> {
-        self.rx.recv().await
+        loop {
+            if let Some(event) = self.batch.next() {
+                return Some(Ok(event));
+            }
+            match self.rx.recv().await? {
+                Out::One(event) => return Some(event),
+                Out::Many(events) => self.batch = events.into_iter(),
+            }
+        }
     }
 }
 
@@ -90,8 +101,12 @@ pub fn subscribe(config: SubscriberConfig) -> Result<Subscription, SubscribeErro
     let token = stop.clone();
     tokio::spawn(async move {
         if let Err(e) = follower.run(token).await {
-            let _ = follower.tx.send(Err(e)).await;
+            let _ = follower.tx.send(Out::One(Err(e))).await;
         }
     });
-    Ok(Subscription { rx, stop })
+    Ok(Subscription {
+        rx,
+        batch: Vec::new().into_iter(),
+        stop,
+    })
 }
