@@ -456,6 +456,10 @@ async fn sdk_client(
     log: &mut ClientLog,
 ) -> Result<(), String> {
     let mut sub = pricesub::subscribe(config).map_err(|e| e.to_string())?;
+    // Waited on once, not once per event: every client shares the token, and registering with it
+    // for each of millions of events was the harness's own cost, not the SDK's.
+    let stopped = ctx.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             event = sub.next() => match event {
@@ -465,7 +469,7 @@ async fn sdk_client(
                 Some(Err(e)) => return Err(e.to_string()),
                 None => return Ok(()),
             },
-            _ = ctx.stop.cancelled() => return Ok(()),
+            _ = &mut stopped => return Ok(()),
         }
     }
 }
