@@ -185,6 +185,14 @@ pub mod v3 {
             self.send(PacketV3::Publish(publish)).await
         }
 
+        /// pricefeed patch: encodes a publish into the write buffer without flushing it (the
+        /// buffer is written when it grows past its boundary, or by [`Self::flush`]), so that
+        /// deliveries queued together go out in one write.
+        #[inline]
+        pub async fn feed_publish(&mut self, publish: Box<Publish>) -> Result<()> {
+            super::feed(&mut self.io, MqttPacket::V3(PacketV3::Publish(publish)), self.cfg.send_timeout).await
+        }
+
         /// Acknowledges a received publish (QoS 1)
         #[inline]
         pub async fn send_publish_ack(&mut self, packet_id: NonZeroU16) -> Result<()> {
@@ -415,6 +423,12 @@ pub mod v5 {
             self.send(PacketV5::Publish(publish)).await
         }
 
+        /// pricefeed patch: as in v3, a publish encoded into the write buffer without flushing it.
+        #[inline]
+        pub async fn feed_publish(&mut self, publish: Box<Publish>) -> Result<()> {
+            super::feed(&mut self.io, MqttPacket::V5(PacketV5::Publish(publish)), self.cfg.send_timeout).await
+        }
+
         /// Acknowledges a received publish (QoS 1)
         #[inline]
         pub async fn send_publish_ack(&mut self, ack: rmqtt_codec::v5::PublishAck) -> Result<()> {
@@ -575,6 +589,25 @@ where
         Ok(())
     } else {
         match tokio::time::timeout(send_timeout, io.send(packet)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(MqttError::SendPacket(SendPacketError::Encode(e))),
+            Err(_) => Err(MqttError::WriteTimeout),
+        }?;
+        Ok(())
+    }
+}
+
+/// pricefeed patch: [`send`] without the flush.
+#[inline]
+async fn feed<Io>(io: &mut Framed<Io, MqttCodec>, packet: MqttPacket, send_timeout: Duration) -> Result<()>
+where
+    Io: AsyncWrite + Unpin,
+{
+    if send_timeout.is_zero() {
+        io.feed(packet).await?;
+        Ok(())
+    } else {
+        match tokio::time::timeout(send_timeout, io.feed(packet)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(MqttError::SendPacket(SendPacketError::Encode(e))),
             Err(_) => Err(MqttError::WriteTimeout),

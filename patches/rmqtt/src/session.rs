@@ -350,23 +350,42 @@ impl SessionState {
 
         tokio::pin!(deliver_timeout_delay);
 
+        // pricefeed patch: whether deliveries wait in the write buffer (see the select below), and
+        // whether the last turn only flushed it (nothing in flight changed: the timeout stands).
+        let mut unflushed = false;
+        let mut only_flushed = false;
+
         loop {
             log::debug!("{:?} tokio::select! loop", state.id);
-            deliver_timeout_delay.as_mut().reset(
-                Instant::now()
-                    + state
-                        .out_inflight()
-                        .read()
-                        .await
-                        .get_timeout()
-                        .unwrap_or_else(|| Duration::from_secs(120)),
-            );
+            if !only_flushed {
+                deliver_timeout_delay.as_mut().reset(
+                    Instant::now()
+                        + state
+                            .out_inflight()
+                            .read()
+                            .await
+                            .get_timeout()
+                            .unwrap_or_else(|| Duration::from_secs(120)),
+                );
+            }
+            only_flushed = false;
 
             // pricefeed patch: the work of a branch is boxed (`Box::pin` below), so its state is
             // allocated while it runs instead of sizing the connection's task for its whole life;
             // not the three that run for every delivery (queueing the routed message, delivering
             // it, its PUBACK), which are small.
+            //
+            // pricefeed patch: a delivery is encoded into the write buffer and not flushed (see
+            // `Sink::publish`); the buffer is written by the last branch, which the biased select
+            // takes only when no other branch is ready, or by any branch that sends a packet of
+            // its own, or when it outgrows its boundary. Deliveries queued together (a SUBACK's
+            // retained messages, the ticks of several currencies routed at once) so go out in one
+            // write instead of one each. The order: the client's packets first (a PUBACK frees
+            // in-flight credit), then deliveries, then routed messages; what waits is bounded by
+            // the in-flight window for QoS 1 and 2 and by the buffer's boundary for QoS 0.
             tokio::select! {
+                biased;
+
                  _ = &mut keep_alive_delay => {
                     return Err(Reason::ConnectKeepaliveTimeout)
                 },
@@ -378,10 +397,34 @@ impl SessionState {
                     }
                 },
 
+                pkt = sink.recv() => {
+                    log::debug!("{:?} pkt: {:?}", state.id, pkt);
+                    keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
+                    match pkt? {
+                        Some(pkt) => {
+                            // The PUBACK of each QoS 1 delivery is handled here, unboxed.
+                            let acked = match &pkt {
+                                Packet::V3(v3::Packet::PublishAck { packet_id }) => Some(packet_id.get()),
+                                Packet::V5(v5::Packet::PublishAck(ack)) => Some(ack.packet_id.get()),
+                                _ => None,
+                            };
+                            if let Some(packet_id) = acked {
+                                state.publish_acked(packet_id).await;
+                            } else {
+                                Box::pin(state.process_mqtt_message(sink, pkt, flags)).await?;
+                            }
+                        },
+                        None => {
+                            return Err(Reason::ConnectRemoteClose);
+                        }
+                    }
+                }
+
                 deliver_packet = deliver_queue_rx.next(), if state.out_inflight().read().await.has_credit() => {
                     log::debug!("{:?} deliver_packet: {:?}", state.id, deliver_packet);
                     match deliver_packet {
                         Some(Some((from, p))) => {
+                            unflushed = true;
                             state.deliver(sink, from, p).await?;
                         },
                         Some(None) => {
@@ -409,27 +452,10 @@ impl SessionState {
                     }
                 }
 
-                pkt = sink.recv() => {
-                    log::debug!("{:?} pkt: {:?}", state.id, pkt);
-                    keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
-                    match pkt? {
-                        Some(pkt) => {
-                            // The PUBACK of each QoS 1 delivery is handled here, unboxed.
-                            let acked = match &pkt {
-                                Packet::V3(v3::Packet::PublishAck { packet_id }) => Some(packet_id.get()),
-                                Packet::V5(v5::Packet::PublishAck(ack)) => Some(ack.packet_id.get()),
-                                _ => None,
-                            };
-                            if let Some(packet_id) = acked {
-                                state.publish_acked(packet_id).await;
-                            } else {
-                                Box::pin(state.process_mqtt_message(sink, pkt, flags)).await?;
-                            }
-                        },
-                        None => {
-                            return Err(Reason::ConnectRemoteClose);
-                        }
-                    }
+                _ = std::future::ready(()), if unflushed => {
+                    unflushed = false;
+                    only_flushed = true;
+                    sink.flush().await?;
                 }
             }
         }

@@ -1449,9 +1449,12 @@ where
         message_expiry_interval: Option<NonZeroU32>,
         server_topic_aliases: Option<&Arc<ServerTopicAliases>>,
     ) -> Result<()> {
+        // pricefeed patch: the publish is encoded into the write buffer, not flushed; the session
+        // loop flushes once nothing else is ready (`Sink::flush`), so deliveries queued together
+        // go out in one write.
         match self {
             Sink::V3(s) => {
-                s.send_publish(p.take()).await?;
+                s.feed_publish(p.take()).await?;
             }
             Sink::V5(s) => {
                 let (topic, alias) = {
@@ -1468,10 +1471,19 @@ where
                     properties.message_expiry_interval = message_expiry_interval;
                     properties.topic_alias = alias;
                 }
-                s.send_publish(p.take()).await?;
+                s.feed_publish(p.take()).await?;
             }
         }
         Ok(())
+    }
+
+    /// pricefeed patch: writes what [`Sink::publish`] left in the write buffer.
+    #[inline]
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        match self {
+            Sink::V3(s) => s.flush().await,
+            Sink::V5(s) => s.flush().await,
+        }
     }
 
     #[inline]
