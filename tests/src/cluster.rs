@@ -118,19 +118,10 @@ impl Cluster {
     async fn build(program: PathBuf, topology: Topology, n: u64, interval: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
-        // Each port is free when picked, and none is bound until its node starts, so the same
-        // port could be picked twice: a node then failed to bind its raft port ("Address already
-        // in use", once in a CI run). No port is given out twice.
-        let mut taken = std::collections::HashSet::new();
-        let mut port = move || loop {
-            let port = free_port_below_ephemeral();
-            if taken.insert(port) {
-                return port;
-            }
-        };
         for id in 1..=n {
             // Every port a node binds, some late (raft and gRPC after joining), and all again
             // when it restarts: none may be handed meanwhile to an outgoing connection.
+            let port = free_port_below_ephemeral;
             let (raft, grpc) = (port(), port());
             nodes.push(Node {
                 id,

@@ -72,15 +72,22 @@ pub fn free_port() -> u16 {
 /// picked, or again after a restart. A port from [`free_port`] is in that range, and any
 /// connection opened meanwhile (a peer, curl) may be given it as its own local port; a cluster
 /// node's raft then failed to bind with "Address already in use".
+///
+/// No port is given out twice in one test process: a port is free when picked but bound only
+/// when its program starts, so two picks for the same cluster or etcd could otherwise return the
+/// same port (a node failed to bind its raft port so, once in a CI run).
 pub fn free_port_below_ephemeral() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     if low > 11_000 {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..1000 {
             let port = fastrand::u16(10_000..low);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
                 return port;
             }
         }
