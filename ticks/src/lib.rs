@@ -32,3 +32,15 @@ pub use node::{NodeRole, NodeState};
 pub use price::{Price, PriceError};
 pub use time::{Interval, Timedate, TimedateError};
 pub use wire::{Tick, WireError, write_wire_from_text};
+
+/// A deterministic pseudo-random sequence (xorshift64) from `state`, for the tests' generated
+/// cases: the same cases on every run.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}

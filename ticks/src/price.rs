@@ -70,6 +70,14 @@ impl Price {
     /// [`Price::write_to`] write), so that it can be copied as the price's text without parsing:
     /// `text.parse::<Price>()` then succeeds and prints `text` again. Decided without allocating.
     pub fn is_printed_form(text: &str) -> bool {
+        Price::read_printed(text).is_some()
+    }
+
+    /// The price `text` prints, if it is in the printed form (see [`Price::is_printed_form`]):
+    /// that form is already normalised, so its digits are the mantissa and its fraction's length
+    /// the scale. Every price in a history answer or a tick payload is in it, and a backfilling
+    /// client reads thousands: this reads one without the general parser's allocations.
+    fn read_printed(text: &str) -> Option<Price> {
         let bytes = text.as_bytes();
         let (int, frac) = match bytes.iter().position(|&b| b == b'.') {
             Some(dot) => (&bytes[..dot], Some(&bytes[dot + 1..])),
@@ -77,12 +85,12 @@ impl Price {
         };
         let digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
         if !digits(int) || (int.len() > 1 && int[0] == b'0') {
-            return false;
+            return None;
         }
         let frac = match frac {
             // Printed without trailing zeros, and only when there is a fraction at all.
             Some(frac) if digits(frac) && frac.last() != Some(&b'0') => frac,
-            Some(_) => return false,
+            Some(_) => return None,
             None => &[],
         };
         let significant = if int == b"0" {
@@ -91,7 +99,18 @@ impl Price {
             int.len() + frac.len()
         };
         // Zero is not a price; past MAX_DIGITS it is not one either (see `from_str`).
-        significant > 0 && significant <= MAX_DIGITS && frac.len() <= MAX_DIGITS
+        if significant == 0 || significant > MAX_DIGITS || frac.len() > MAX_DIGITS {
+            return None;
+        }
+        // At most MAX_DIGITS significant digits (leading zeros add nothing): no overflow.
+        let mantissa = int
+            .iter()
+            .chain(frac)
+            .fold(0u64, |m, &d| m * 10 + u64::from(d - b'0'));
+        Some(Price {
+            mantissa,
+            scale: frac.len() as u8,
+        })
     }
 
     /// Builds a price from a mantissa and a count of fraction digits (`(970015, 1)` is `97001.5`).
@@ -133,25 +152,7 @@ impl FromStr for Price {
     /// Accepts the JSON number grammar (`-?int(.frac)?([eE][+-]?exp)?`) and nothing else: no
     /// thousands separators, no `NaN`, no leading `+`, no surrounding blanks.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // What a price prints (every price in a history answer or a tick payload) is already
-        // normalised: its digits are the mantissa and its fraction's length the scale. Read so,
-        // without the general path's two allocations; a client backfilling reads thousands.
-        if Price::is_printed_form(s) {
-            let mut mantissa = 0u64;
-            let mut scale = 0u8;
-            let mut fraction = false;
-            for b in s.bytes() {
-                if b == b'.' {
-                    fraction = true;
-                } else {
-                    // At most MAX_DIGITS significant digits (leading zeros add nothing): no overflow.
-                    mantissa = mantissa * 10 + u64::from(b - b'0');
-                    scale += u8::from(fraction);
-                }
-            }
-            return Ok(Price { mantissa, scale });
-        }
-        parse_general(s)
+        Price::read_printed(s).map_or_else(|| parse_general(s), Ok)
     }
 }
 
@@ -338,13 +339,7 @@ mod tests {
 
     #[test]
     fn the_fast_writer_prints_what_display_prints() {
-        let mut rng_state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            rng_state ^= rng_state << 13;
-            rng_state ^= rng_state >> 7;
-            rng_state ^= rng_state << 17;
-            rng_state
-        };
+        let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut cases: Vec<Price> = [
             "97001.5",
             "1",
@@ -417,13 +412,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let alphabet = b"0123456789.-+eE";
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..200_000 {
             let len = (next() % 22) as usize;
             let text: String = (0..len)
