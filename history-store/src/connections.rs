@@ -35,12 +35,12 @@ pub(crate) struct Connections {
 /// header at the start of the `-shm` file (the WAL-index: its change counter, last frame and
 /// salts), and a read transaction sees a commit only once the header says so. So while one read
 /// of those bytes finds them as they were when the version was last asked, nothing has been
-/// committed since, and the answer is the same. The header is read before asking, so an answer is never tied to
-/// a header older than the state it saw. Its two copies are compared, as SQLite's own readers
-/// do: a header being rewritten (copies differ) counts as changed. Outside WAL mode, or without
-/// the `-shm` file, every call asks. The format is the unix VFS's, documented in SQLite's
-/// "WAL-mode File Format"; the header's version field in the SQLite we bundle still reads
-/// 3007000, the format WAL mode came with (3.7.0).
+/// committed since, and the answer is the same. The header is read before asking, so an answer
+/// is never tied to a header older than the state it saw. Its two copies are compared, as
+/// SQLite's own readers do: a header being rewritten (copies differ) counts as changed. Outside
+/// WAL mode, or without the `-shm` file, every call asks. The format is the unix VFS's,
+/// documented in SQLite's "WAL-mode File Format"; the header's version field in the SQLite we
+/// bundle still reads 3007000, the format WAL mode came with (3.7.0).
 struct Watcher {
     conn: Connection,
     shm: Option<std::fs::File>,

@@ -218,7 +218,10 @@ impl Follower {
                             .map(|(c, _)| c.topic())
                             .collect::<Vec<_>>();
                         if !refused.is_empty() {
-                            tracing::warn!(?refused, "the broker refused the subscription to these topics: no live ticks will come on them");
+                            tracing::warn!(
+                                ?refused,
+                                "the broker refused these topics: no live ticks will come on them"
+                            );
                         }
                         break;
                     }
