@@ -142,11 +142,25 @@ impl NodeLinks {
         let guard = self.guard.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(guard) = guard {
             if last {
+                tracing::info!(
+                    node = self.node,
+                    "no other node can take over: the feed is announced offline"
+                );
                 let _ = self
                     .publishing
                     .publish(STATUS_TOPIC, self.offline.to_json(), true);
+            } else {
+                tracing::info!(
+                    node = self.node,
+                    "stops publishing; another node takes over"
+                );
             }
-            guard.close(CLOSE_WITHIN).await;
+            if !guard.close(CLOSE_WITHIN).await {
+                tracing::warn!(
+                    node = self.node,
+                    "the guard connection did not close cleanly: its will says the feed is offline until the next node's status"
+                );
+            }
         }
         self.announce(NodeRole::Offline);
         self.publishing.close(CLOSE_WITHIN).await;
@@ -201,7 +215,9 @@ impl TickSink for NodeLinks {
             let _ = self
                 .publishing
                 .publish(STATUS_TOPIC, self.offline.to_json(), true);
-            tokio::spawn(link.close(CLOSE_WITHIN));
+            tokio::spawn(async move {
+                link.close(CLOSE_WITHIN).await;
+            });
         }
     }
 }

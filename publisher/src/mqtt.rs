@@ -78,7 +78,8 @@ pub struct MqttLink {
     client: AsyncClient,
     connected: Arc<AtomicBool>,
     birth: Birth,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends true when the link closed cleanly: our DISCONNECT went out, or it was not connected.
+    task: tokio::task::JoinHandle<bool>,
 }
 
 impl MqttLink {
@@ -136,22 +137,30 @@ impl MqttLink {
     }
 
     /// Sends what is queued, disconnects cleanly (so the will is not published), and stops.
-    pub async fn close(self, within: Duration) {
+    /// False when that could not be done: the connection broke first, or `within` ran out. Then
+    /// the broker publishes the will, if this link has one.
+    pub async fn close(self, within: Duration) -> bool {
         let _ = tokio::time::timeout(within, self.client.disconnect()).await;
         let mut task = self.task;
-        if tokio::time::timeout(within, &mut task).await.is_err() {
-            task.abort();
+        match tokio::time::timeout(within, &mut task).await {
+            Ok(Ok(clean)) => clean,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                task.abort();
+                false
+            }
         }
     }
 }
 
+/// Keeps the connection up until shutdown; true if it then ended cleanly (see [`MqttLink::close`]).
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
     options: LinkOptions,
     connected: Arc<AtomicBool>,
     (client, birth): (AsyncClient, Birth),
     shutdown: CancellationToken,
-) {
+) -> bool {
     let mut attempt = 0;
     let mut url = options.brokers[0].clone();
     let mut backoff = BACKOFF_MIN;
@@ -181,13 +190,13 @@ async fn drive(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 connected.store(false, Ordering::Relaxed);
-                return;
+                return true;
             }
             Ok(_) => {}
             Err(e) => {
                 let was_connected = connected.swap(false, Ordering::Relaxed);
                 if disconnecting {
-                    return;
+                    return !was_connected;
                 }
                 failures += 1;
                 let loud = failures == 1 || failures.is_multiple_of(20);
@@ -214,7 +223,7 @@ async fn drive(
                 let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff + jitter) => {}
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return true,
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 if options.brokers.len() > 1 {

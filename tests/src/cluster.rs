@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::feed::FeedProcess;
@@ -36,6 +37,9 @@ pub struct Node {
     raft_proxy: Proxy,
     grpc_proxy: Proxy,
     pub process: Option<FeedProcess>,
+    /// What its earlier runs logged, oldest first (see [`Cluster::logs`]); shared with their
+    /// stderr readers, which may still be adding the last lines.
+    ended: Vec<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Node {
@@ -134,6 +138,7 @@ impl Cluster {
                 raft_proxy: Proxy::start(SocketAddr::from(([127, 0, 0, 1], raft))).await,
                 grpc_proxy: Proxy::start(SocketAddr::from(([127, 0, 0, 1], grpc))).await,
                 process: None,
+                ended: Vec::new(),
             });
         }
         Cluster {
@@ -259,19 +264,32 @@ impl Cluster {
 
     /// SIGKILL: the node vanishes at once (its MQTT wills fire).
     pub async fn kill(&mut self, id: u64) {
-        if let Some(mut feed) = self.node_mut(id).process.take() {
+        let node = self.node_mut(id);
+        if let Some(mut feed) = node.process.take() {
+            node.ended.push(feed.process.log.clone());
             let _ = feed.process.child.kill().await;
         }
     }
 
     /// SIGTERM, and the exit status.
     pub async fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
-        let feed = self
-            .node_mut(id)
-            .process
-            .take()
-            .expect("the node is running");
+        let node = self.node_mut(id);
+        let feed = node.process.take().expect("the node is running");
+        node.ended.push(feed.process.log.clone());
         feed.process.terminate(Duration::from_secs(30)).await
+    }
+
+    /// Everything every node logged, its ended runs and the running one, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let running = node.process.as_ref().map(|p| &p.process.log);
+            for (run, log) in node.ended.iter().chain(running).enumerate() {
+                let log = log.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+                out.push_str(&format!("\n--- node {} run {}:\n{log}", node.id, run + 1));
+            }
+        }
+        out
     }
 
     /// What node `id` logged (nothing if it is not running).

@@ -134,7 +134,7 @@ pub struct Process {
     /// When it was spawned.
     pub started: Instant,
     name: String,
-    log: Arc<Mutex<Vec<String>>>,
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {

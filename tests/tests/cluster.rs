@@ -255,7 +255,8 @@ async fn a_rolling_restart_loses_nothing_and_never_says_offline_while_a_node_pub
     assert_printed_is_history(&cluster, since, &printed).await;
     assert!(
         offline_while_active.is_empty(),
-        "status said offline while a node published: {offline_while_active:?}"
+        "status said offline while a node published: {offline_while_active:?}{}",
+        cluster.logs()
     );
 }
 
