@@ -180,6 +180,9 @@ impl Follower {
             opts.set_credentials(user, password);
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        // rumqttc preallocates a queue of 100 events (14 KB) per connection, and as a ring it comes
+        // to touch all of it; this one grows to what the connection needs (a few at a time).
+        eventloop.state.events = std::collections::VecDeque::new();
         let mut buffer: Vec<Live> = Vec::new();
 
         // Connect and subscribe, buffering from the moment a publish can arrive. The gaps topic
@@ -255,8 +258,8 @@ impl Follower {
             let mut tries = 0;
             let backfill = loop {
                 let history = self.history.clone();
-                let fetch = history.fetch_starting_at(tries, &wanted, from);
-                tokio::pin!(fetch);
+                // Boxed, for the same reason as in `deliver_live`.
+                let mut fetch = Box::pin(history.fetch_starting_at(tries, &wanted, from));
                 let result = loop {
                     tokio::select! {
                         result = &mut fetch => break result,
@@ -499,45 +502,50 @@ impl Follower {
                 .covered_until
                 .get(&tick.currency)
                 .map_or(next, |&c| c.max(next));
-            if tick.timedate > due {
-                // The broker skipped something (or the publisher could not publish it live):
-                // history has it, or knows why not.
-                let needed = BTreeMap::from([(tick.currency, tick.timedate)]);
-                let mut tries = 0;
-                let fetched = loop {
-                    match self
-                        .history
-                        .fetch_starting_at(tries, &[tick.currency], from)
-                        .await
-                    {
-                        Ok(b) if tries + 1 < LAG_TRIES && !covers(&b, from, &needed) => {
-                            tries += 1;
-                            tokio::time::sleep(LAG_RETRY).await;
-                        }
-                        other => break other,
-                    }
-                };
-                match fetched {
-                    Ok(mut b) => {
-                        if !covers(&b, from, &needed) {
-                            tracing::warn!(currency = %tick.currency, from = %from, until = %tick.timedate,
-                                "history did not catch up with the broker in time; ticks before this one may be missing");
-                        }
-                        for ticks in b.ticks.values_mut() {
-                            ticks.retain(|t| t.timedate < tick.timedate);
-                        }
-                        b.gaps.retain(|g| g.from < tick.timedate);
-                        if !self.deliver_backfill(b).await {
-                            return false;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot fetch the ticks missed before a live tick")
-                    }
-                }
+            // Boxed: the fetch is rare, and unboxed its state would size this connection's task
+            // for its whole life.
+            if tick.timedate > due && !Box::pin(self.fill_hole(&tick, from)).await {
+                return false;
             }
         }
         self.emit(FeedEvent::Tick(tick)).await
+    }
+
+    /// The broker skipped something before `tick` (or the publisher could not publish it live):
+    /// history has it from `from`, or knows why not. False if the consumer is gone.
+    async fn fill_hole(&mut self, tick: &Tick, from: Timedate) -> bool {
+        let needed = BTreeMap::from([(tick.currency, tick.timedate)]);
+        let mut tries = 0;
+        let fetched = loop {
+            match self
+                .history
+                .fetch_starting_at(tries, &[tick.currency], from)
+                .await
+            {
+                Ok(b) if tries + 1 < LAG_TRIES && !covers(&b, from, &needed) => {
+                    tries += 1;
+                    tokio::time::sleep(LAG_RETRY).await;
+                }
+                other => break other,
+            }
+        };
+        match fetched {
+            Ok(mut b) => {
+                if !covers(&b, from, &needed) {
+                    tracing::warn!(currency = %tick.currency, from = %from, until = %tick.timedate,
+                        "history did not catch up with the broker in time; ticks before this one may be missing");
+                }
+                for ticks in b.ticks.values_mut() {
+                    ticks.retain(|t| t.timedate < tick.timedate);
+                }
+                b.gaps.retain(|g| g.from < tick.timedate);
+                self.deliver_backfill(b).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch the ticks missed before a live tick");
+                true
+            }
+        }
     }
 
     /// Sends one event if it is news; false when the consumer is gone.
