@@ -215,9 +215,7 @@ impl TickSink for NodeLinks {
             let _ = self
                 .publishing
                 .publish(STATUS_TOPIC, self.offline.to_json(), true);
-            tokio::spawn(async move {
-                link.close(CLOSE_WITHIN).await;
-            });
+            tokio::spawn(link.close(CLOSE_WITHIN));
         }
     }
 }
