@@ -75,6 +75,9 @@ pub struct StormResult {
     /// What the history API refused during the storm, per its `/metrics`: answers 429 and 503,
     /// and connections closed at its per-address cap. With the default limits this must be 0.
     pub history_refused: u64,
+    /// History requests answered with 200 during the run: one backfill per client, plus any
+    /// re-asked backfill or hole filled before a live tick.
+    pub history_answered: u64,
     pub first_error: Option<String>,
     pub all_live_seconds: Option<f64>,
     /// Per client, from its own start to its first tick newer than the storm's start.
@@ -298,7 +301,7 @@ async fn run_one(
     let other_top = others.top(&ours, 3);
     tokio::time::sleep(args.follow).await;
     stop.cancel();
-    let history_refused = history_refusals(feed.http).await?;
+    let (history_refused, history_answered) = history_counts(feed.http).await?;
     let peaks = sampler.finish().await;
     let broker_peaks = match broker_sampler {
         Some(s) => Some(s.finish().await),
@@ -398,6 +401,7 @@ async fn run_one(
         live: live_count,
         errors,
         history_refused,
+        history_answered,
         first_error,
         all_live_seconds: (live_count == k)
             .then(|| report::percentile_ms(&live_times, 100.0) / 1000.0),
@@ -491,6 +495,7 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
             "live/clients",
             "errors",
             "history refused",
+            "history answers",
             "missing",
             "duplicated",
             "ticks delivered",
@@ -515,6 +520,7 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
             format!("{}/{}", r.live, r.clients),
             r.errors.to_string(),
             r.history_refused.to_string(),
+            r.history_answered.to_string(),
             r.missing.to_string(),
             r.duplicated.to_string(),
             r.ticks_delivered.to_string(),
@@ -551,6 +557,7 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
                 report::ratio(a.server_rss_peak_kb as f64, b.server_rss_peak_kb as f64),
                 report::ratio(a.server_cpu_percent, b.server_cpu_percent),
                 report::ratio(a.server_cpu_peak_percent, b.server_cpu_peak_percent),
@@ -562,25 +569,23 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
     t
 }
 
-/// Requests and connections the history API refused (429, 503, per-address connection cap), per
-/// its `/metrics`.
-async fn history_refusals(http: std::net::SocketAddr) -> anyhow::Result<u64> {
+/// Requests and connections the history API refused (429, 503, per-address connection cap), and
+/// requests it answered (200), per its `/metrics`.
+async fn history_counts(http: std::net::SocketAddr) -> anyhow::Result<(u64, u64)> {
     let (status, body) = crate::harness::servers::http_get(http, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics: HTTP {status}");
     let text = String::from_utf8_lossy(&body);
-    let value = |line: &str| {
-        line.rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+    let sum = |prefixes: &[&str]| -> u64 {
+        text.lines()
+            .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     };
-    Ok(text
-        .lines()
-        .filter(|l| {
-            l.starts_with("pricefeed_history_requests_total{status=\"429\"}")
-                || l.starts_with("pricefeed_history_requests_total{status=\"503\"}")
-                || l.starts_with("pricefeed_history_connections_refused_total ")
-        })
-        .map(value)
-        .sum())
+    let refused = sum(&[
+        "pricefeed_history_requests_total{status=\"429\"}",
+        "pricefeed_history_requests_total{status=\"503\"}",
+        "pricefeed_history_connections_refused_total ",
+    ]);
+    let answered = sum(&["pricefeed_history_requests_total{status=\"200\"}"]);
+    Ok((refused, answered))
 }
