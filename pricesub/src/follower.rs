@@ -192,13 +192,18 @@ impl Follower {
         // until a first answer from history.
         // All in one SUBSCRIBE: one packet and one SUBACK each way instead of four, which for
         // thousands of clients reconnecting at once is work the broker and the network skip.
+        // At QoS 0: the session is clean, so QoS 1 would promise nothing beyond this one TCP
+        // connection, which delivers in order anyway; a tick the broker drops (its queue for a
+        // stalled client full, which drops at QoS 1 too) is a hole the next tick reveals and
+        // history fills. QoS 1 cost a PUBACK per tick and an in-flight entry in the
+        // broker for every delivery.
         let topics: Vec<SubscribeFilter> = self
             .config
             .currencies
             .iter()
             .map(|c| c.topic())
             .chain([GAPS_TOPIC, STATUS_TOPIC])
-            .map(|topic| SubscribeFilter::new(topic.to_owned(), QoS::AtLeastOnce))
+            .map(|topic| SubscribeFilter::new(topic.to_owned(), QoS::AtMostOnce))
             .collect();
         if client.try_subscribe_many(topics).is_err() {
             return Ok(SessionEnd::Lost("subscribe queue full".into()));

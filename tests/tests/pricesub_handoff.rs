@@ -291,3 +291,116 @@ async fn at_start_up_a_broker_and_a_history_server_that_refuse_for_a_while_are_w
     .await;
     feed.stop().await;
 }
+
+/// A proxy in front of a broker that passes everything but drops chosen live PUBLISHes on their
+/// way to the client, as a broker does when it sheds a delivery: by topic, the 1-based counts of
+/// the live (not retained) publishes to drop.
+struct DroppingProxy {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    dropped: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DroppingProxy {
+    async fn start(broker: std::net::SocketAddr, drop: &[(&str, &[usize])]) -> DroppingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dropped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let drop: std::collections::HashMap<String, Vec<usize>> = drop
+            .iter()
+            .map(|(topic, counts)| (topic.to_string(), counts.to_vec()))
+            .collect();
+        let (count, log) = (accepted.clone(), dropped.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let upstream = tokio::net::TcpStream::connect(broker).await.unwrap();
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut broker_rx, mut broker_tx) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
+                });
+                let (drop, log) = (drop.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+                    let mut buf: Vec<u8> = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // Pass on every whole packet in the buffer, but the ones to drop.
+                        while let Some((header, len)) = frame(&buf) {
+                            let packet: Vec<u8> = buf.drain(..header + len).collect();
+                            let live_publish = packet[0] >> 4 == 3 && packet[0] & 1 == 0;
+                            if live_publish {
+                                let n = usize::from(u16::from_be_bytes([
+                                    packet[header],
+                                    packet[header + 1],
+                                ]));
+                                let topic =
+                                    String::from_utf8_lossy(&packet[header + 2..header + 2 + n])
+                                        .into_owned();
+                                let k = seen.entry(topic.clone()).or_default();
+                                *k += 1;
+                                if drop.get(&topic).is_some_and(|c| c.contains(k)) {
+                                    log.lock().unwrap().push(format!("{topic} #{k}"));
+                                    continue;
+                                }
+                            }
+                            if client_tx.write_all(&packet).await.is_err() {
+                                return;
+                            }
+                        }
+                        match broker_rx.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        DroppingProxy {
+            addr,
+            accepted,
+            dropped,
+        }
+    }
+}
+
+/// An MQTT packet at the start of `buf`, if whole: its fixed header's length and the rest's.
+fn frame(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut len = 0usize;
+    for i in 1..5 {
+        let byte = *buf.get(i)?;
+        len |= usize::from(byte & 0x7f) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            return (buf.len() >= 1 + i + len).then_some((1 + i, len));
+        }
+    }
+    panic!("a malformed remaining length from the broker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_ticks_the_broker_drops_are_filled_from_history_on_the_same_connection() {
+    let feed = TestFeed::embedded().await;
+    feed.wait_for_tick_at(feed.started.saturating_add(Duration::from_millis(500)))
+        .await;
+    // Two in a row of one currency, one of the other: each a hole the next live tick reveals.
+    let proxy = DroppingProxy::start(feed.mqtt, &[("btc/USD", &[5, 6]), ("btc/EUR", &[8])]).await;
+    let mut sub = subscribe(subscriber(proxy.addr, feed.http, Some(feed.started))).unwrap();
+    let delivered = collect(&mut sub, Duration::from_millis(2500)).await;
+    assert_eq!(
+        *proxy.dropped.lock().unwrap(),
+        ["btc/USD #5", "btc/USD #6", "btc/EUR #8"],
+        "the proxy dropped what it was told to"
+    );
+    assert_eq!(
+        proxy.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "filled without a reconnect"
+    );
+    assert!(delivered.count() > 30, "{} ticks", delivered.count());
+    assert_matches_history(&feed, feed.started, &delivered, "with dropped deliveries").await;
+    feed.stop().await;
+}
