@@ -439,28 +439,46 @@ impl Follower {
         if backfill.interval.is_some() {
             self.interval = backfill.interval;
         }
-        let mut events: Vec<(Timedate, u8, FeedEvent)> = Vec::new();
-        for gap in backfill.gaps {
-            if self.config.currencies.contains(&gap.currency) {
-                events.push((gap.from, 0, FeedEvent::Gap(gap)));
-            }
-        }
-        for (_, ticks) in backfill.ticks {
-            for tick in ticks {
-                events.push((tick.timedate, 1, FeedEvent::Tick(tick)));
-            }
-        }
-        events.sort_by_key(|(t, kind, e)| {
-            let currency = match e {
-                FeedEvent::Tick(t) => t.currency,
-                FeedEvent::Gap(g) => g.currency,
-                FeedEvent::Live | FeedEvent::Status(_) => Currency::USD,
-            };
-            (*t, currency, *kind)
-        });
+        // Ordered by time, then currency, a gap before a tick: each currency's list is merged as
+        // it comes (oldest first, as history sends it), with no list of all the events to build
+        // and sort.
+        let mut gaps: Vec<Gap> = backfill
+            .gaps
+            .into_iter()
+            .filter(|g| self.config.currencies.contains(&g.currency))
+            .collect();
+        gaps.sort_by_key(|g| (g.from, g.currency));
+        let mut gaps = gaps.into_iter().peekable();
+        let mut total = gaps.len();
+        let mut lists: Vec<_> = backfill
+            .ticks
+            .into_values()
+            .map(|mut ticks| {
+                if !ticks.is_sorted_by_key(|t| t.timedate) {
+                    ticks.sort_by_key(|t| t.timedate);
+                }
+                total += ticks.len();
+                ticks.into_iter().peekable()
+            })
+            .collect();
         // Handed over in batches: one channel message per BATCH events, not one per tick.
-        let mut batch = Vec::with_capacity(events.len().min(BATCH));
-        for (_, _, event) in events {
+        let mut batch = Vec::with_capacity(total.min(BATCH));
+        loop {
+            let mut next = gaps.peek().map(|g| ((g.from, g.currency, 0u8), None));
+            for (i, list) in lists.iter_mut().enumerate() {
+                if let Some(t) = list.peek() {
+                    let key = (t.timedate, t.currency, 1u8);
+                    if next.as_ref().is_none_or(|(k, _)| key < *k) {
+                        next = Some((key, Some(i)));
+                    }
+                }
+            }
+            let event = match next {
+                None => break,
+                Some((_, None)) => gaps.next().map(FeedEvent::Gap),
+                Some((_, Some(i))) => lists[i].next().map(FeedEvent::Tick),
+            };
+            let Some(event) = event else { break };
             if self.is_news(&event) {
                 batch.push(event);
             }

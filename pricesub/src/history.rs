@@ -71,7 +71,7 @@ pub struct HistoryPage {
 /// An answer as it is sent.
 #[derive(Deserialize)]
 struct Page {
-    ticks: BTreeMap<Currency, Vec<WireTick>>,
+    ticks: TickLists,
     #[serde(default)]
     gaps: Vec<Gap>,
     #[serde(default)]
@@ -87,27 +87,72 @@ struct Page {
 impl From<Page> for HistoryPage {
     fn from(page: Page) -> HistoryPage {
         HistoryPage {
-            ticks: page
-                .ticks
-                .into_iter()
-                .map(|(currency, ticks)| {
-                    let ticks = ticks
-                        .into_iter()
-                        .map(|w| Tick {
-                            currency,
-                            timedate: w.timedate,
-                            price: w.price,
-                        })
-                        .collect();
-                    (currency, ticks)
-                })
-                .collect(),
+            ticks: page.ticks.0,
             gaps: page.gaps,
             interval: page.interval.and_then(|i| i.parse().ok()),
             latest: page.latest,
             since_before_earliest: page.since_before_earliest,
             next_cursor: page.next_cursor,
         }
+    }
+}
+
+/// An answer's `ticks`, per currency, read straight into [`Tick`]s: the currency is the key the
+/// list is under. Read as wire ticks and converted after, every backfill was one list more to
+/// allocate and copy.
+struct TickLists(BTreeMap<Currency, Vec<Tick>>);
+
+impl<'de> Deserialize<'de> for TickLists {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<TickLists, D::Error> {
+        struct Lists;
+        impl<'de> serde::de::Visitor<'de> for Lists {
+            type Value = TickLists;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map from currency to a list of ticks")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TickLists, A::Error> {
+                let mut lists = BTreeMap::new();
+                while let Some(currency) = map.next_key::<Currency>()? {
+                    lists.insert(currency, map.next_value_seed(List(currency))?);
+                }
+                Ok(TickLists(lists))
+            }
+        }
+        deserializer.deserialize_map(Lists)
+    }
+}
+
+/// The list of one currency's ticks.
+struct List(Currency);
+
+impl<'de> serde::de::DeserializeSeed<'de> for List {
+    type Value = Vec<Tick>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Vec<Tick>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for List {
+    type Value = Vec<Tick>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of tick objects")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Tick>, A::Error> {
+        let mut ticks = Vec::new();
+        while let Some(w) = seq.next_element::<WireTick>()? {
+            ticks.push(Tick {
+                currency: self.0,
+                timedate: w.timedate,
+                price: w.price,
+            });
+        }
+        Ok(ticks)
     }
 }
 
@@ -125,9 +170,17 @@ struct ErrorBody {
 /// History replicas, tried in order for each request.
 #[derive(Clone)]
 pub struct HistoryClient {
-    bases: Vec<String>,
+    bases: Vec<Base>,
     http: reqwest::Client,
     timeout: Duration,
+}
+
+/// One replica: its URL as given (for messages) and its ticks endpoint, parsed once: parsing it
+/// for every request was a share of a reconnect storm's client CPU.
+#[derive(Clone)]
+struct Base {
+    text: String,
+    ticks: reqwest::Url,
 }
 
 /// One HTTP client per process: building one loads the system's root certificates, which a
@@ -160,7 +213,16 @@ impl HistoryClient {
                     reason: "expected http:// or https://".into(),
                 });
             }
-            clean.push(trimmed);
+            let ticks = reqwest::Url::parse(&format!("{trimmed}/v1/ticks")).map_err(|e| {
+                HistoryError::BadUrl {
+                    url: base.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            clean.push(Base {
+                text: trimmed,
+                ticks,
+            });
         }
         let http = shared_client()?;
         Ok(HistoryClient {
@@ -214,7 +276,7 @@ impl HistoryClient {
     async fn first_answer<'a, T, Fut>(
         &'a self,
         first: usize,
-        ask: impl Fn(&'a str) -> Fut,
+        ask: impl Fn(&'a Base) -> Fut,
     ) -> Result<T, HistoryError>
     where
         Fut: Future<Output = Result<T, HistoryError>> + 'a,
@@ -222,12 +284,12 @@ impl HistoryClient {
         let mut last_err = None;
         let n = self.bases.len();
         for i in 0..n {
-            let base = self.bases[(first + i) % n].as_str();
+            let base = &self.bases[(first + i) % n];
             match ask(base).await {
                 Ok(answer) => return Ok(answer),
                 Err(e @ HistoryError::Refused { .. }) => return Err(e),
                 Err(e) => {
-                    tracing::debug!(server = %base, error = %e, "history server failed; trying the next");
+                    tracing::debug!(server = %base.text, error = %e, "history server failed; trying the next");
                     last_err = Some(e);
                 }
             }
@@ -237,7 +299,7 @@ impl HistoryClient {
 
     async fn fetch_from(
         &self,
-        base: &str,
+        base: &Base,
         currencies: &[Currency],
         since: Timedate,
     ) -> Result<Backfill, HistoryError> {
@@ -250,7 +312,14 @@ impl HistoryClient {
             };
             let page: HistoryPage = self.get_page(base, currencies, start, PAGE).await?.into();
             for (currency, ticks) in page.ticks {
-                out.ticks.entry(currency).or_default().extend(ticks);
+                match out.ticks.entry(currency) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(ticks);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        e.get_mut().extend(ticks)
+                    }
+                }
             }
             for gap in page.gaps {
                 if !out.gaps.contains(&gap) {
@@ -271,32 +340,33 @@ impl HistoryClient {
 
     async fn get_page(
         &self,
-        base: &str,
+        base: &Base,
         currencies: &[Currency],
         start: Start<'_>,
         limit: usize,
     ) -> Result<Page, HistoryError> {
-        let url = format!("{base}/v1/ticks");
-        let currency = currencies
-            .iter()
-            .map(|c| c.code())
-            .collect::<Vec<_>>()
-            .join(",");
-        let limit = limit.to_string();
-        let since;
-        let mut query: Vec<(&str, &str)> = vec![("currency", &currency), ("limit", &limit)];
-        match start {
-            Start::Cursor(c) => query.push(("cursor", c)),
-            Start::Since(t) => {
-                since = t.to_string();
-                query.push(("since", &since));
+        let mut request = base.ticks.clone();
+        {
+            let mut query = request.query_pairs_mut();
+            let mut currency = String::with_capacity(8);
+            for (i, c) in currencies.iter().enumerate() {
+                if i > 0 {
+                    currency.push(',');
+                }
+                currency.push_str(c.code());
             }
+            query.append_pair("currency", &currency);
+            query.append_pair("limit", &limit.to_string());
+            match start {
+                Start::Cursor(c) => query.append_pair("cursor", c),
+                Start::Since(t) => query.append_pair("since", &t.to_string()),
+            };
         }
+        let url = base.ticks.as_str();
         let response = self
             .http
-            .get(&url)
+            .get(request)
             .timeout(self.timeout)
-            .query(&query)
             .send()
             .await
             .map_err(|e| HistoryError::Unavailable(format!("{url}: {e}")))?;
@@ -311,7 +381,7 @@ impl HistoryClient {
             || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some());
         if busy {
             return Err(HistoryError::Busy {
-                url,
+                url: url.to_owned(),
                 status: status.as_u16(),
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             });
@@ -325,7 +395,7 @@ impl HistoryClient {
                 .map(|b| b.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
             return Err(HistoryError::Refused {
-                url,
+                url: url.to_owned(),
                 status: status.as_u16(),
                 message,
             });
@@ -334,7 +404,7 @@ impl HistoryClient {
             return Err(HistoryError::Unavailable(format!("{url}: HTTP {status}")));
         }
         serde_json::from_slice(&body).map_err(|e| HistoryError::BadAnswer {
-            url,
+            url: url.to_owned(),
             reason: e.to_string(),
         })
     }
