@@ -19,6 +19,12 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(
+            cells.len(),
+            self.header.len(),
+            "a row of {:?} must have a cell per column",
+            self.title
+        );
         self.rows.push(cells);
     }
 

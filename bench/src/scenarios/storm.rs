@@ -558,6 +558,7 @@ fn table(args: &StormArgs, results: &[StormResult]) -> Table {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
                 report::ratio(a.server_rss_peak_kb as f64, b.server_rss_peak_kb as f64),
                 report::ratio(a.server_cpu_percent, b.server_cpu_percent),
                 report::ratio(a.server_cpu_peak_percent, b.server_cpu_peak_percent),
