@@ -439,46 +439,10 @@ impl Follower {
         if backfill.interval.is_some() {
             self.interval = backfill.interval;
         }
-        // Ordered by time, then currency, a gap before a tick: each currency's list is merged as
-        // it comes (oldest first, as history sends it), with no list of all the events to build
-        // and sort.
-        let mut gaps: Vec<Gap> = backfill
-            .gaps
-            .into_iter()
-            .filter(|g| self.config.currencies.contains(&g.currency))
-            .collect();
-        gaps.sort_by_key(|g| (g.from, g.currency));
-        let mut gaps = gaps.into_iter().peekable();
-        let mut total = gaps.len();
-        let mut lists: Vec<_> = backfill
-            .ticks
-            .into_values()
-            .map(|mut ticks| {
-                if !ticks.is_sorted_by_key(|t| t.timedate) {
-                    ticks.sort_by_key(|t| t.timedate);
-                }
-                total += ticks.len();
-                ticks.into_iter().peekable()
-            })
-            .collect();
+        let (len, events) = in_order(backfill, &self.config.currencies);
         // Handed over in batches: one channel message per BATCH events, not one per tick.
-        let mut batch = Vec::with_capacity(total.min(BATCH));
-        loop {
-            let mut next = gaps.peek().map(|g| ((g.from, g.currency, 0u8), None));
-            for (i, list) in lists.iter_mut().enumerate() {
-                if let Some(t) = list.peek() {
-                    let key = (t.timedate, t.currency, 1u8);
-                    if next.as_ref().is_none_or(|(k, _)| key < *k) {
-                        next = Some((key, Some(i)));
-                    }
-                }
-            }
-            let event = match next {
-                None => break,
-                Some((_, None)) => gaps.next().map(FeedEvent::Gap),
-                Some((_, Some(i))) => lists[i].next().map(FeedEvent::Tick),
-            };
-            let Some(event) = event else { break };
+        let mut batch = Vec::with_capacity(len.min(BATCH));
+        for event in events {
             if self.is_news(&event) {
                 batch.push(event);
             }
@@ -611,6 +575,51 @@ impl Follower {
     }
 }
 
+/// A backfill's ticks, and its gaps of `currencies`, in the order they are delivered: by time, then
+/// currency, a gap before a tick; and how many there are. Each currency's list is merged as it
+/// comes (oldest first, as history sends it; sorted first if a server did not), with no list of
+/// all the events to build and sort.
+fn in_order(
+    backfill: Backfill,
+    currencies: &[Currency],
+) -> (usize, impl Iterator<Item = FeedEvent> + use<>) {
+    let mut gaps: Vec<Gap> = backfill
+        .gaps
+        .into_iter()
+        .filter(|g| currencies.contains(&g.currency))
+        .collect();
+    gaps.sort_by_key(|g| (g.from, g.currency));
+    let mut len = gaps.len();
+    let mut gaps = gaps.into_iter().peekable();
+    let mut lists: Vec<_> = backfill
+        .ticks
+        .into_values()
+        .map(|mut ticks| {
+            if !ticks.is_sorted_by_key(|t| (t.timedate, t.currency)) {
+                ticks.sort_by_key(|t| (t.timedate, t.currency));
+            }
+            len += ticks.len();
+            ticks.into_iter().peekable()
+        })
+        .collect();
+    let events = std::iter::from_fn(move || {
+        let mut next = gaps.peek().map(|g| ((g.from, g.currency, 0u8), None));
+        for (i, list) in lists.iter_mut().enumerate() {
+            if let Some(t) = list.peek() {
+                let key = (t.timedate, t.currency, 1u8);
+                if next.as_ref().is_none_or(|(k, _)| key < *k) {
+                    next = Some((key, Some(i)));
+                }
+            }
+        }
+        match next? {
+            (_, None) => gaps.next().map(FeedEvent::Gap),
+            (_, Some(i)) => lists[i].next().map(FeedEvent::Tick),
+        }
+    });
+    (len, events)
+}
+
 /// The first buffered tick of each currency: what a backfill must reach.
 fn first_buffered_ticks(buffer: &[Live]) -> BTreeMap<Currency, Timedate> {
     let mut first = BTreeMap::new();
@@ -684,6 +693,92 @@ mod tests {
             interval: Some(Interval::DEFAULT),
             since_before_earliest: false,
         }
+    }
+
+    /// The merge delivers what the sort it replaced did: by time, then currency, a gap before a
+    /// tick; gaps of currencies not asked for left out; a list sent out of order put in order.
+    #[test]
+    fn a_backfill_is_delivered_by_time_then_currency_a_gap_before_a_tick() {
+        use Currency::{EUR, USD};
+        let tick = |currency, s| Tick {
+            currency,
+            timedate: at(s),
+            price: "1".parse().unwrap(),
+        };
+        let gap = |currency, from, until| Gap {
+            currency,
+            from: at(from),
+            until: at(until),
+            reason: GapReason::SourcesUnavailable,
+        };
+        let make = || Backfill {
+            ticks: BTreeMap::from([
+                (
+                    USD,
+                    vec![tick(USD, 0), tick(USD, 5), tick(USD, 10), tick(USD, 25)],
+                ),
+                // Out of order, as no server should send it.
+                (
+                    EUR,
+                    vec![tick(EUR, 5), tick(EUR, 0), tick(EUR, 25), tick(EUR, 10)],
+                ),
+            ]),
+            // Out of order too, one at the time of ticks of both currencies, and two with one
+            // start (a gap reported as it grew), which keep their order.
+            gaps: vec![
+                gap(USD, 15, 25),
+                gap(EUR, 10, 15),
+                gap(EUR, 15, 20),
+                gap(EUR, 15, 25),
+                gap(USD, 10, 12),
+            ],
+            interval: Some(Interval::DEFAULT),
+            since_before_earliest: false,
+        };
+        // What the code did before the merge: one list of every event, stably sorted.
+        let sorted = |backfill: Backfill, currencies: &[Currency]| {
+            let mut events = Vec::new();
+            for g in backfill.gaps {
+                if currencies.contains(&g.currency) {
+                    events.push((g.from, 0u8, FeedEvent::Gap(g)));
+                }
+            }
+            for (_, ticks) in backfill.ticks {
+                for t in ticks {
+                    events.push((t.timedate, 1u8, FeedEvent::Tick(t)));
+                }
+            }
+            events.sort_by_key(|(t, kind, e)| {
+                let currency = match e {
+                    FeedEvent::Tick(t) => t.currency,
+                    FeedEvent::Gap(g) => g.currency,
+                    FeedEvent::Live | FeedEvent::Status(_) => USD,
+                };
+                (*t, currency, *kind)
+            });
+            events.into_iter().map(|(_, _, e)| e).collect::<Vec<_>>()
+        };
+        for currencies in [&[USD, EUR][..], &[USD][..]] {
+            let (len, merged) = in_order(make(), currencies);
+            let merged: Vec<FeedEvent> = merged.collect();
+            assert_eq!(merged, sorted(make(), currencies), "{currencies:?}");
+            assert_eq!(len, merged.len());
+        }
+        // Spelled out for the first events, so that the test does not rest on the old code alone.
+        let (_, merged) = in_order(make(), &[USD, EUR]);
+        let first: Vec<FeedEvent> = merged.take(7).collect();
+        assert_eq!(
+            first,
+            [
+                FeedEvent::Tick(tick(USD, 0)),
+                FeedEvent::Tick(tick(EUR, 0)),
+                FeedEvent::Tick(tick(USD, 5)),
+                FeedEvent::Tick(tick(EUR, 5)),
+                FeedEvent::Gap(gap(USD, 10, 12)),
+                FeedEvent::Tick(tick(USD, 10)),
+                FeedEvent::Gap(gap(EUR, 10, 15)),
+            ]
+        );
     }
 
     /// The check that tells a lagging replica from a complete one.

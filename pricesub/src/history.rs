@@ -181,6 +181,8 @@ pub struct HistoryClient {
 struct Base {
     text: String,
     ticks: reqwest::Url,
+    /// The ticks endpoint as the user wrote the base, for messages.
+    ticks_text: String,
 }
 
 /// One HTTP client per process: building one loads the system's root certificates, which a
@@ -213,15 +215,15 @@ impl HistoryClient {
                     reason: "expected http:// or https://".into(),
                 });
             }
-            let ticks = reqwest::Url::parse(&format!("{trimmed}/v1/ticks")).map_err(|e| {
-                HistoryError::BadUrl {
-                    url: base.clone(),
-                    reason: e.to_string(),
-                }
+            let ticks_text = format!("{trimmed}/v1/ticks");
+            let ticks = reqwest::Url::parse(&ticks_text).map_err(|e| HistoryError::BadUrl {
+                url: base.clone(),
+                reason: e.to_string(),
             })?;
             clean.push(Base {
                 text: trimmed,
                 ticks,
+                ticks_text,
             });
         }
         let http = shared_client()?;
@@ -362,7 +364,7 @@ impl HistoryClient {
                 Start::Since(t) => query.append_pair("since", &t.to_string()),
             };
         }
-        let url = base.ticks.as_str();
+        let url = base.ticks_text.as_str();
         let response = self
             .http
             .get(request)
@@ -407,5 +409,54 @@ impl HistoryClient {
             url: url.to_owned(),
             reason: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(json: &str) -> Result<HistoryPage, serde_json::Error> {
+        serde_json::from_str::<Page>(json).map(HistoryPage::from)
+    }
+
+    #[test]
+    fn an_answer_is_read_into_ticks_of_the_currency_they_are_listed_under() {
+        let p = page(
+            r#"{"ticks":{"USD":[{"timedate":"2026-11-24T01:40:05Z","price":97001.5},{"timedate":"2026-11-24T01:40:10Z","price":97002}],"EUR":[]},"interval":"5s"}"#,
+        )
+        .unwrap();
+        let usd = &p.ticks[&Currency::USD];
+        assert_eq!(usd.len(), 2);
+        assert!(usd.iter().all(|t| t.currency == Currency::USD));
+        assert_eq!(usd[0].timedate.to_string(), "2026-11-24T01:40:05Z");
+        assert_eq!(usd[0].price.to_string(), "97001.5");
+        assert_eq!(usd[1].price.to_string(), "97002");
+        assert!(p.ticks[&Currency::EUR].is_empty(), "an empty list is kept");
+        assert_eq!(p.interval, Some(Interval::DEFAULT));
+    }
+
+    #[test]
+    fn a_repeated_currency_keeps_its_last_list_as_a_map_does() {
+        let p = page(
+            r#"{"ticks":{"USD":[{"timedate":"2026-11-24T01:40:05Z","price":1}],"USD":[{"timedate":"2026-11-24T01:40:10Z","price":2}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.ticks[&Currency::USD].len(), 1);
+        assert_eq!(p.ticks[&Currency::USD][0].price.to_string(), "2");
+    }
+
+    #[test]
+    fn what_is_not_a_tick_list_is_refused() {
+        for bad in [
+            r#"{"ticks":{"GBP":[]}}"#,
+            r#"{"ticks":{"USD":[{"timedate":"2026-11-24T01:40:05Z","price":1,"extra":0}]}}"#,
+            r#"{"ticks":{"USD":[{"timedate":"2026-11-24T01:40:05Z"}]}}"#,
+            r#"{"ticks":{"USD":{"timedate":"2026-11-24T01:40:05Z","price":1}}}"#,
+            r#"{"ticks":[]}"#,
+            r#"{"gaps":[]}"#,
+        ] {
+            assert!(page(bad).is_err(), "accepted {bad}");
+        }
     }
 }

@@ -298,7 +298,15 @@ async fn at_start_up_a_broker_and_a_history_server_that_refuse_for_a_while_are_w
 struct DroppingProxy {
     addr: std::net::SocketAddr,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    dropped: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    dropped: std::sync::Arc<std::sync::Mutex<Vec<Dropped>>>,
+}
+
+/// A PUBLISH the proxy dropped: which ("btc/USD #5"), at what QoS, and its tick's `timedate`.
+#[derive(Debug, Clone)]
+struct Dropped {
+    what: String,
+    qos: u8,
+    timedate: String,
 }
 
 impl DroppingProxy {
@@ -344,7 +352,16 @@ impl DroppingProxy {
                                 let k = seen.entry(topic.clone()).or_default();
                                 *k += 1;
                                 if drop.get(&topic).is_some_and(|c| c.contains(k)) {
-                                    log.lock().unwrap().push(format!("{topic} #{k}"));
+                                    let qos = (packet[0] >> 1) & 3;
+                                    let id = if qos > 0 { 2 } else { 0 };
+                                    let payload: serde_json::Value =
+                                        serde_json::from_slice(&packet[header + 2 + n + id..])
+                                            .unwrap();
+                                    log.lock().unwrap().push(Dropped {
+                                        what: format!("{topic} #{k}"),
+                                        qos,
+                                        timedate: payload["timedate"].as_str().unwrap().into(),
+                                    });
                                     continue;
                                 }
                             }
@@ -390,10 +407,15 @@ async fn live_ticks_the_broker_drops_are_filled_from_history_on_the_same_connect
     let proxy = DroppingProxy::start(feed.mqtt, &[("btc/USD", &[5, 6]), ("btc/EUR", &[8])]).await;
     let mut sub = subscribe(subscriber(proxy.addr, feed.http, Some(feed.started))).unwrap();
     let delivered = collect(&mut sub, Duration::from_millis(2500)).await;
+    let dropped = proxy.dropped.lock().unwrap().clone();
     assert_eq!(
-        *proxy.dropped.lock().unwrap(),
+        dropped.iter().map(|d| d.what.as_str()).collect::<Vec<_>>(),
         ["btc/USD #5", "btc/USD #6", "btc/EUR #8"],
         "the proxy dropped what it was told to"
+    );
+    assert!(
+        dropped.iter().all(|d| d.qos == 0),
+        "the subscriber's deliveries come at QoS 0: {dropped:?}"
     );
     assert_eq!(
         proxy.accepted.load(std::sync::atomic::Ordering::SeqCst),
@@ -401,6 +423,19 @@ async fn live_ticks_the_broker_drops_are_filled_from_history_on_the_same_connect
         "filled without a reconnect"
     );
     assert!(delivered.count() > 30, "{} ticks", delivered.count());
+    for d in &dropped {
+        let currency = if d.what.starts_with("btc/USD") {
+            ticks::Currency::USD
+        } else {
+            ticks::Currency::EUR
+        };
+        assert!(
+            delivered.ticks[&currency]
+                .iter()
+                .any(|t| t.timedate.to_string() == d.timedate),
+            "the dropped {d:?} was delivered"
+        );
+    }
     assert_matches_history(&feed, feed.started, &delivered, "with dropped deliveries").await;
     feed.stop().await;
 }
