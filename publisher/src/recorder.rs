@@ -143,6 +143,7 @@ impl Recorder {
         let urls = self.peer_urls().await;
         let peers = HistoryClient::new(&urls, self.history_timeout)?;
         let started = std::time::Instant::now();
+        let started_at = Timedate::now();
         let new = catch_up(&self.store, &peers).await?;
         if first || new > 0 {
             tracing::info!(
@@ -161,7 +162,12 @@ impl Recorder {
         let mut config = SubscriberConfig::new(vec![self.broker.clone()]);
         config.history = urls;
         config.history_timeout = self.history_timeout;
-        config.since = since;
+        // With nothing stored yet, from when the catch-up began: the subscription then asks
+        // history at once, learns the feed's interval from the answer, and so fills from history
+        // whatever its broker did not deliver before the first live tick. Live only, it could not
+        // tell that the first tick it saw was not the feed's first (a node that has just joined
+        // the cluster, before the routes to it are in place, can miss the first tick published).
+        config.since = since.or(Some(started_at));
         config.client_id = "pricefeed-recorder".into();
         config.credentials = self
             .credentials
