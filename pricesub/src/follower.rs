@@ -595,8 +595,8 @@ fn in_order(
         .ticks
         .into_values()
         .map(|mut ticks| {
-            if !ticks.is_sorted_by_key(|t| (t.timedate, t.currency)) {
-                ticks.sort_by_key(|t| (t.timedate, t.currency));
+            if !ticks.is_sorted_by_key(|t| t.timedate) {
+                ticks.sort_by_key(|t| t.timedate);
             }
             len += ticks.len();
             ticks.into_iter().peekable()

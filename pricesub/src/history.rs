@@ -350,14 +350,8 @@ impl HistoryClient {
         let mut request = base.ticks.clone();
         {
             let mut query = request.query_pairs_mut();
-            let mut currency = String::with_capacity(8);
-            for (i, c) in currencies.iter().enumerate() {
-                if i > 0 {
-                    currency.push(',');
-                }
-                currency.push_str(c.code());
-            }
-            query.append_pair("currency", &currency);
+            let currency: Vec<&str> = currencies.iter().map(|c| c.code()).collect();
+            query.append_pair("currency", &currency.join(","));
             query.append_pair("limit", &limit.to_string());
             match start {
                 Start::Cursor(c) => query.append_pair("cursor", c),
